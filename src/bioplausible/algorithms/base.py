@@ -1,0 +1,163 @@
+"""The learning-rule interface.
+
+A learning rule ("algorithm") owns a model and turns a batch ``(x, y)`` into *update
+directions* ``Δθ`` for every trainable tensor. It hands them to standard ``torch.optim``
+optimizers as ``θ.grad = -Δθ`` (ALGORITHMS.md, conventions), so every rule runs with SGD,
+momentum or Adam, per-layer learning rates (parameter groups) and LR schedules unchanged.
+
+The interface is shaped by the families the library must hold:
+
+* rules that replace each layer's backward pass (FA, DFA, KP, WM, DLL) override
+  :meth:`compute_updates` or rewire the model's layers at construction;
+* rules with a second plastic pathway (SAL) or plastic feedback (KP, WM) keep that state as
+  parameters or buffers of the rule or of the rewired layers, so it is checkpointed with
+  ``state_dict()`` and synchronised like any other tensor;
+* energy-based rules (EP, DEP, PC) relax states under ``no_grad`` in :meth:`compute_updates`
+  and relax again in :meth:`predict`;
+* layer-local rules (SLL, local losses, DGL, InfoPro, MLAAN) override
+  :meth:`configure_optimizers` (one optimizer per module) and :meth:`train_step` (each
+  module's backward and step before the next module's forward); EMA copies are updated in
+  :meth:`after_step`.
+
+For data parallelism (DISTRIBUTED.md) each rule declares ``update_kind``: ``"autograd"``
+(gradients come from ``backward()``, so DDP can reduce them) or ``"manual"`` (the rule writes
+``.grad`` itself; the distributed runtime sets :attr:`grad_sync` to an all-reduce that
+:meth:`train_step` calls before the optimizers step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+LOSSES = ("ce", "mse")
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    """The DLL paper's criteria (ALGORITHMS.md, first section)."""
+
+    no_weight_transport: bool  # C1: the error pathway never reads the forward weights
+    local_errors: bool  # C2: a synapse changes from quantities at its two neurons
+    no_separate_phases: bool  # C3: inference and learning need not be separated in time
+
+    def symbols(self) -> str:
+        return "".join("✓" if f else "✗" for f in dataclasses.astuple(self))
+
+
+@dataclass
+class StepResult:
+    """What one training step reports: the batch loss and the output used for accuracy."""
+
+    loss: torch.Tensor  # scalar, detached
+    output: torch.Tensor  # [B, classes], detached
+
+
+@dataclass
+class Hyperparameters:
+    """Base of every rule's hyperparameters; subclasses add fields with defaults."""
+
+    loss: str = "ce"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss '{self.loss}'; available: {', '.join(LOSSES)}")
+
+    @classmethod
+    def from_dict(cls, rule: str, values: dict) -> "Hyperparameters":
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in names:
+                raise ConfigError(
+                    f"algorithm '{rule}' has no option '{key}'; options: {', '.join(sorted(names))}"
+                )
+        return cls(**values)
+
+
+OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
+
+
+class LearningRule(nn.Module):
+    """Base class of every learning rule. Subclasses implement :meth:`compute_updates`."""
+
+    name: ClassVar[str]
+    flags: ClassVar[Plausibility]
+    update_kind: ClassVar[Literal["autograd", "manual"]] = "autograd"
+    layer_local: ClassVar[bool] = False
+    Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+
+    def __init__(self, model: nn.Module, **hyperparameters):
+        super().__init__()
+        self.model = model
+        self.hp = self.Hyperparameters.from_dict(self.name, hyperparameters)
+        self.optimizers: list[torch.optim.Optimizer] = []
+        # Set by the distributed runtime for manual-update rules: all-reduces the given grads.
+        self.grad_sync: Callable[[Sequence[torch.Tensor]], None] | None = None
+
+    # ------------------------------------------------------------------ what a rule defines
+    def compute_updates(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        """Write ``θ.grad = -Δθ`` for every trainable tensor and report the loss."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores for ``x`` (energy-based rules relax here)."""
+        return self.model(x)
+
+    def after_step(self) -> None:
+        """Runs after the optimizers stepped (mirror steps, EMA copies, ...)."""
+
+    # ------------------------------------------------------------------ shared plumbing
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.hp.loss == "ce":
+            return F.cross_entropy(output, y)
+        # MSE against one-hot targets, summed over classes, averaged over the batch.
+        target = F.one_hot(y, output.shape[-1]).to(output.dtype)
+        return 0.5 * (output - target).pow(2).sum(-1).mean()
+
+    def param_groups(self) -> list[dict]:
+        """One parameter group per model block (so per-layer learning rates address blocks),
+        then the trainable tensors outside the blocks (the rule's own, for instance).
+
+        A group may carry ``lr`` (absolute), ``lr_scale`` or ``weight_decay``; the trainer fills
+        in the rest from the run's configuration."""
+        groups, seen = [], set()
+        for i, block in enumerate(getattr(self.model, "blocks", [])):
+            params = [p for p in block.parameters() if p.requires_grad]
+            if params:
+                groups.append({"name": f"blocks.{i}", "params": params})
+                seen.update(id(p) for p in params)
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
+        if rest:
+            groups.append({"name": "other", "params": rest})
+        return groups
+
+    def configure_optimizers(self, make_optimizer: OptimizerFactory) -> list[torch.optim.Optimizer]:
+        """Build the optimizers; layer-local rules return one per module."""
+        self.optimizers = [make_optimizer(self.param_groups())]
+        return self.optimizers
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        """One update: clear grads, compute update directions, synchronise, step."""
+        if not self.optimizers:
+            raise RuntimeError("call configure_optimizers() before train_step()")
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        result = self.compute_updates(x, y)
+        if self.grad_sync is not None:
+            self.grad_sync([p.grad for p in self.parameters() if p.grad is not None])
+        for opt in self.optimizers:
+            opt.step()
+        self.after_step()
+        return result
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

@@ -1,0 +1,120 @@
+"""Command line: ``bioplausible train | compare | list``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import BioplausibleError
+
+
+def _add_run_options(p: argparse.ArgumentParser, defaults: dict) -> None:
+    p.add_argument("--model", help=f"architecture (default {defaults['model']})")
+    p.add_argument("--dataset", help=f"dataset (default {defaults['dataset']})")
+    p.add_argument("--epochs", type=int, help=f"default {defaults['epochs']}")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help=f"default {defaults['batch_size']}")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {defaults['lr']})")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--data-dir", dest="data_dir", help="dataset directory (default: $BIOPLAUSIBLE_DATA, else download)")
+    p.add_argument("--config", help="YAML file of config keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set optimizer=sgd --set model.hidden=[256,128] --set algo.decay=1e-3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    parser = argparse.ArgumentParser(prog="bioplausible", description="Learning rules without end-to-end backprop, side by side.")
+    parser.add_argument("--version", action="version", version=f"bioplausible {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one rule")
+    train.add_argument("--algo", help=f"learning rule (default {defaults['algo']})")
+    _add_run_options(train, defaults)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--out", help="run directory (default runs/<algo>-<model>-<dataset>-s<seed>-<time>)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+
+    compare = sub.add_parser("compare", help="train several rules on the same data and seeds; print a table")
+    compare.add_argument("--algos", default="bp,fa,dfa,kp,wm", help="comma-separated rules (default bp,fa,dfa,kp,wm)")
+    _add_run_options(compare, defaults)
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    compare.add_argument("--out", help="output directory (default runs/compare-<model>-<dataset>-<time>)")
+
+    listing = sub.add_parser("list", help="list algorithms, models or datasets")
+    listing.add_argument("what", nargs="?", choices=["algorithms", "models", "datasets"], default=None)
+    return parser
+
+
+def _run_values(args: argparse.Namespace) -> dict:
+    keys = ("algo", "model", "dataset", "epochs", "batch_size", "lr", "device", "data_dir", "seed", "out")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .training import resume, train
+
+    if args.resume:
+        result = resume(args.resume)
+    else:
+        result = train(load_config(args.config, args.set, **_run_values(args)))
+    final = result.summary["final"]
+    print(f"{result.summary['algo']} on {result.summary['model']}/{result.summary['dataset']}: "
+          f"test accuracy {100 * final['test_acc']:.2f}% after {final['epoch']} epochs -> {result.out_dir}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import compare, markdown_table
+    from .config import load_config
+    from .errors import ConfigError
+
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"'--seeds' must be comma-separated integers, got '{args.seeds}'") from None
+    values = _run_values(args)
+    out = values.pop("out", None)
+    base = load_config(args.config, args.set, **values)
+    print(f"comparing {', '.join(algos)} on {base.model}/{base.dataset}, {base.epochs} epochs, seeds {seeds}", file=sys.stderr)
+    rows, out_dir = compare(algos, base, seeds, Path(out) if out else None)
+    print(markdown_table(rows))
+    print(f"\ntables and learning curves: {out_dir}/results.md, results.csv, learning_curves.png")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from .algorithms import ALGORITHMS
+    from .data import list_datasets
+    from .models import list_models
+
+    what = args.what
+    if what in (None, "algorithms"):
+        print("algorithms (C1 no weight transport, C2 local errors, C3 no separate phases):")
+        for name in ALGORITHMS.names():
+            rule = ALGORITHMS.get(name)
+            print(f"  {name:<8} {' '.join(rule.flags.symbols())}   {rule.describe()}")
+    if what in (None, "models"):
+        print("models:\n  " + ", ".join(list_models()))
+    if what in (None, "datasets"):
+        print("datasets:\n  " + ", ".join(list_datasets()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"train": cmd_train, "compare": cmd_compare, "list": cmd_list}[args.command](args)
+    except BioplausibleError as exc:
+        print(f"bioplausible: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bioplausible: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

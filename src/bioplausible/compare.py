@@ -1,0 +1,126 @@
+"""Train several rules on the same model, data and seeds, and put them side by side."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .algorithms import ALGORITHMS  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .data import load_dataset  # noqa: E402
+from .errors import ConfigError  # noqa: E402
+from .training import RunResult, train  # noqa: E402
+
+DEFAULT_ALGOS = ("bp", "fa", "dfa", "kp", "wm")
+
+
+@dataclass
+class ComparisonRow:
+    algo: str
+    flags: str
+    test_acc: list[float]
+    epoch_seconds: list[float]
+    peak_memory_mb: list[float]
+    time_vs_bp: float | None = None
+
+    def cells(self) -> dict[str, str]:
+        return {
+            "algorithm": self.algo,
+            "C1 C2 C3": " ".join(self.flags),
+            "test acc (%)": _mean_std([100 * a for a in self.test_acc], 2),
+            "s / epoch": _mean_std(self.epoch_seconds, 3),
+            "time / BP": "—" if self.time_vs_bp is None else f"{self.time_vs_bp:.2f}x",
+            "peak mem (MB)": f"{max(self.peak_memory_mb):.0f}",
+        }
+
+
+def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path | None = None) -> tuple[list[ComparisonRow], Path]:
+    """Run every ``algo`` x ``seed`` with ``base`` otherwise unchanged; write CSV, Markdown, PNG."""
+    for algo in algos:
+        ALGORITHMS.get(algo)
+    if not seeds:
+        raise ConfigError("'seeds' must name at least one seed")
+    out_dir = out_dir or Path("runs") / f"compare-{base.model}-{base.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache: dict[int, object] = {}
+    runs: dict[str, list[RunResult]] = {}
+    for algo in algos:
+        for seed in seeds:
+            if seed not in cache:  # the same data for every rule; loaded once per seed
+                cache[seed] = load_dataset(base.dataset, base.data_dir, base.val_split, seed)
+            config = base.replace(algo=algo, seed=seed, out=str(out_dir / f"{algo}-s{seed}"), progress=False)
+            result = train(config, data=cache[seed])
+            final = result.summary["final"]
+            print(f"  {algo:<6} seed {seed}: test {100 * final['test_acc']:.2f}%  "
+                  f"{result.summary['mean_epoch_seconds']:.3f} s/epoch", file=sys.stderr)
+            runs.setdefault(algo, []).append(result)
+    rows = [
+        ComparisonRow(
+            algo=algo,
+            flags=results[0].summary["flags"],
+            test_acc=[r.summary["final"]["test_acc"] for r in results],
+            epoch_seconds=[r.summary["mean_epoch_seconds"] for r in results],
+            peak_memory_mb=[r.summary["final"]["peak_memory_mb"] for r in results],
+        )
+        for algo, results in runs.items()
+    ]
+    if "bp" in runs:
+        bp_time = statistics.mean(next(r for r in rows if r.algo == "bp").epoch_seconds)
+        for row in rows:
+            row.time_vs_bp = statistics.mean(row.epoch_seconds) / bp_time
+    write_tables(rows, base, seeds, out_dir)
+    plot_learning_curves(runs, base, out_dir / "learning_curves.png")
+    return rows, out_dir
+
+
+def markdown_table(rows: list[ComparisonRow]) -> str:
+    cells = [row.cells() for row in rows]
+    header = list(cells[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c[h] for h in header) + " |" for c in cells]
+    return "\n".join(lines)
+
+
+def write_tables(rows: list[ComparisonRow], base: TrainConfig, seeds: list[int], out_dir: Path) -> None:
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algorithm", "flags", "seed", "test_acc", "epoch_seconds", "time_vs_bp", "peak_memory_mb"])
+        for row in rows:
+            for seed, acc, sec, mem in zip(seeds, row.test_acc, row.epoch_seconds, row.peak_memory_mb):
+                writer.writerow([row.algo, row.flags, seed, acc, sec, row.time_vs_bp, mem])
+    heading = (f"# {base.model} on {base.dataset}: {base.epochs} epochs, batch {base.batch_size}, "
+               f"{base.optimizer} lr {base.lr}, seeds {','.join(map(str, seeds))}\n\n"
+               "Final-epoch test accuracy, mean ± std over seeds.\n\n")
+    (out_dir / "results.md").write_text(heading + markdown_table(rows) + "\n")
+
+
+def plot_learning_curves(runs: dict[str, list[RunResult]], base: TrainConfig, path: Path) -> None:
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for algo, results in runs.items():
+        epochs = [m["epoch"] for m in results[0].history]
+        for key, ax in (("train_loss", ax_loss), ("test_acc", ax_acc)):
+            curves = [[m[key] for m in r.history] for r in results]
+            mean = [statistics.mean(v) for v in zip(*curves)]
+            ax.plot(epochs, mean, label=algo)
+    ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
+    ax_acc.legend()
+    fig.suptitle(f"{base.model} on {base.dataset} (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"

@@ -1,0 +1,304 @@
+"""The epoch loop shared by every learning rule.
+
+A run directory holds ``config.yaml`` (resolved configuration), ``metrics.jsonl`` (one JSON
+object per epoch), ``summary.json`` (final and best-validation metrics with versions and
+device), ``checkpoint.pt`` (rewritten atomically after every epoch) and, when asked,
+TensorBoard events under ``tensorboard/``. ``resume(run_dir)`` continues from the checkpoint
+and, in deterministic mode, ends with exactly the metrics of an uninterrupted run: data order
+and augmentation are functions of (seed, epoch), and the global RNG (used by rules: mirror
+noise, dropout) is restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..algorithms import LearningRule, create_algorithm
+from ..config import TrainConfig
+from ..data import BatchAugment, BatchLoader, DataSplits, load_dataset
+from ..errors import ConfigError, DivergenceError
+from ..models import create_model
+from .checkpoint import load_checkpoint, save_atomic
+from .optim import make_schedulers, optimizer_factory
+
+EpochCallback = Callable[["Trainer", dict], None]
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    summary: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"'device' is '{name}' but CUDA is not available on this machine")
+    return device
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{config.algo}-{config.model}-{config.dataset}-s{config.seed}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    return path
+
+
+class Trainer:
+    """Builds data, model, rule and optimizers from a :class:`TrainConfig` and trains."""
+
+    def __init__(self, config: TrainConfig, data: DataSplits | None = None,
+                 callbacks: list[EpochCallback] | None = None):
+        config.validate()
+        self.config = config
+        self.callbacks = list(callbacks or [])
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.device = resolve_device(config.device)
+        seed_everything(config.seed)
+
+        self.data = data or load_dataset(config.dataset, config.data_dir, config.val_split, config.seed)
+        self.model = create_model(config.model, self.data.input_shape, self.data.num_classes, **config.model_args)
+        self.rule: LearningRule = create_algorithm(config.algo, self.model, **config.algo_args)
+        self.rule.to(self.device)
+        augment = None
+        if config.augment:
+            augment = BatchAugment(crop_padding=config.crop_padding if "crop" in config.augment else 0,
+                                   flip="flip" in config.augment)
+        x, y = (t.to(self.device) for t in self.data.train)
+        self.train_loader = BatchLoader(x, y, config.batch_size, shuffle=True, seed=config.seed, augment=augment)
+        self.steps_per_epoch = min(len(self.train_loader), config.limit_train_batches or len(self.train_loader))
+        self.optimizers = self.rule.configure_optimizers(optimizer_factory(config))
+        self.schedulers = make_schedulers(config, self.optimizers, self.steps_per_epoch)
+
+        self.out_dir = Path(config.out) if config.out else default_run_dir(config)
+        self.config = config = config.replace(out=str(self.out_dir))
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.writer = None
+
+    # ------------------------------------------------------------------ resume
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, **kwargs) -> "Trainer":
+        """Rebuild a run from its directory and restore its last checkpoint."""
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError(f"cannot resume: '{config_path}' does not exist")
+        values = yaml.safe_load(config_path.read_text())
+        trainer = cls(TrainConfig.from_dict({**values, "out": str(run_dir)}), **kwargs)
+        trainer.load_state(load_checkpoint(run_dir / "checkpoint.pt", map_location=trainer.device))
+        return trainer
+
+    def state(self, epoch: int) -> dict:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "epoch": epoch,
+            "rule": self.rule.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "rng": rng,
+            "history": self.history,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.rule.load_state_dict(state["rule"])
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        for sched, s in zip(self.schedulers, state["schedulers"], strict=True):
+            sched.load_state_dict(s)
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        random.setstate(state["rng"]["python"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.history = list(state["history"])
+        self.start_epoch = state["epoch"] + 1
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> RunResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        # Rewrite the metrics file from the restored history: epochs after the checkpoint are
+        # dropped, so a resumed run's file equals an uninterrupted one.
+        with open(self.out_dir / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in self.history)
+        if self.config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=self.start_epoch)
+        try:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                metrics = self.run_epoch(epoch)
+                self.history.append(metrics)
+                self.log(metrics)
+                save_atomic(self.state(epoch), self.out_dir / "checkpoint.pt")
+                for callback in self.callbacks:
+                    callback(self, metrics)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        summary = self.summary()
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return RunResult(self.out_dir, summary, list(self.history))
+
+    def run_epoch(self, epoch: int) -> dict:
+        cfg = self.config
+        self.rule.train()
+        self.train_loader.set_epoch(epoch)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, data_seconds = 0, 0.0
+        batches = iter(self.train_loader)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and sys.stderr.isatty()))
+        start = time.perf_counter()
+        for step in range(self.steps_per_epoch):
+            fetch = time.perf_counter()
+            x, y = next(batches)
+            data_seconds += time.perf_counter() - fetch
+            result = self.rule.train_step(x, y)
+            for scheduler in self.schedulers:
+                scheduler.step()
+            if step % cfg.check_finite_every == 0 and not torch.isfinite(result.loss):
+                self.diverged(epoch, step, f"loss is {result.loss.item()}")
+            loss_sum += result.loss * len(y)
+            correct += (result.output.argmax(-1) == y).sum()
+            seen += len(y)
+            bar.update()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        epoch_seconds = time.perf_counter() - start
+        bar.close()
+        for name, p in self.rule.state_dict().items():
+            if p.is_floating_point() and not torch.isfinite(p).all():
+                self.diverged(epoch, self.steps_per_epoch - 1, f"'{name}' has non-finite values")
+
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum.item() / seen,
+            "train_acc": correct.item() / seen,
+            **self.evaluate(self.data.test, "test"),
+        }
+        if self.data.val is not None:
+            metrics.update(self.evaluate(self.data.val, "val"))
+        metrics.update(
+            lr=self.optimizers[0].param_groups[0]["lr"],
+            epoch_seconds=epoch_seconds,
+            samples_per_second=seen / epoch_seconds,
+            data_fraction=data_seconds / epoch_seconds,
+            peak_memory_mb=self.peak_memory_mb(),
+        )
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, split: tuple[torch.Tensor, torch.Tensor], prefix: str, batch_size: int = 1000) -> dict:
+        self.rule.eval()
+        x_all, y_all = split
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(y_all), batch_size):
+            x = x_all[i:i + batch_size].to(self.device)
+            y = y_all[i:i + batch_size].to(self.device)
+            output = self.rule.predict(x)
+            loss_sum += self.rule.loss(output, y).item() * len(y)
+            correct += (output.argmax(-1) == y).sum().item()
+        self.rule.train()
+        return {f"{prefix}_loss": loss_sum / len(y_all), f"{prefix}_acc": correct / len(y_all)}
+
+    def peak_memory_mb(self) -> float:
+        """Peak allocated CUDA memory of this epoch, or the process's peak resident set on CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kib / 1024 if sys.platform != "darwin" else kib / 2**20
+
+    def diverged(self, epoch: int, step: int, what: str) -> None:
+        last = f"the last good checkpoint is {self.out_dir / 'checkpoint.pt'} (epoch {epoch})" if epoch > 0 \
+            else "no checkpoint was written yet"
+        raise DivergenceError(
+            f"training diverged at epoch {epoch + 1}, step {step + 1}: {what}; {last}. "
+            "Try a smaller learning rate."
+        )
+
+    def log(self, metrics: dict) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key, value, metrics["epoch"])
+        if self.config.progress:
+            val = f"  val {metrics['val_acc']:.4f}" if "val_acc" in metrics else ""
+            tqdm.write(
+                f"[{self.config.algo}] epoch {metrics['epoch']:>3}/{self.config.epochs}  "
+                f"loss {metrics['train_loss']:.4f}  train {metrics['train_acc']:.4f}  "
+                f"test {metrics['test_acc']:.4f}{val}  {metrics['epoch_seconds']:.2f}s",
+                file=sys.stderr,
+            )
+
+    def summary(self) -> dict:
+        final = self.history[-1]
+        summary = {
+            "algo": self.config.algo,
+            "flags": self.rule.flags.symbols(),
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "seed": self.config.seed,
+            "epochs": self.config.epochs,
+            "final": final,
+            "mean_epoch_seconds": sum(m["epoch_seconds"] for m in self.history) / len(self.history),
+            "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "versions": {"bioplausible": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        }
+        if self.data.val is not None:
+            best = max(self.history, key=lambda m: m["val_acc"])
+            summary["best_val"] = {"epoch": best["epoch"], "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
+        return summary
+
+
+def train(config: TrainConfig | dict | None = None, *, data: DataSplits | None = None,
+          callbacks: list[EpochCallback] | None = None, **values) -> RunResult:
+    """Train one rule on one model and dataset: ``train(algo="fa", model="mlp", epochs=5)``."""
+    if isinstance(config, TrainConfig):
+        config = config.replace(**values) if values else config
+    else:
+        config = TrainConfig.from_dict({**(config or {}), **values})
+    return Trainer(config, data=data, callbacks=callbacks).fit()
+
+
+def resume(run_dir: str | Path, callbacks: list[EpochCallback] | None = None) -> RunResult:
+    """Continue an interrupted run from the last checkpoint in ``run_dir``."""
+    return Trainer.from_run_dir(run_dir, callbacks=callbacks).fit()
