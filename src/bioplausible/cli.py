@@ -80,7 +80,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
     values = _run_values(args)
     out = values.pop("out", None)
     base = load_config(args.config, args.set, **values)
-    print(f"comparing {', '.join(algos)} on {base.model}/{base.dataset}, {base.epochs} epochs, seeds {seeds}", file=sys.stderr)
     rows, out_dir = compare(algos, base, seeds, Path(out) if out else None)
     print(markdown_table(rows))
     print(f"\ntables and learning curves: {out_dir}/results.md, results.csv, learning_curves.png")

@@ -49,6 +49,8 @@ def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path
         ALGORITHMS.get(algo)
     if not seeds:
         raise ConfigError("'seeds' must name at least one seed")
+    print(f"comparing {', '.join(algos)} on {base.model}/{base.dataset}, {base.epochs} epochs, "
+          f"seeds {','.join(map(str, seeds))}", file=sys.stderr)
     out_dir = out_dir or Path("runs") / f"compare-{base.model}-{base.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[int, object] = {}

@@ -72,6 +72,7 @@ class WeightMirror(LearningRule):
             [layer.feedback for layer in self.layers],
             lr=self.hp.mirror_lr,
             weight_decay=self.hp.mirror_decay / self.hp.mirror_lr,
+            fused=all(layer.feedback.device.type in ("cpu", "cuda") for layer in self.layers),
         )
         self.optimizers = [make_optimizer(self.param_groups()), mirror]
         return self.optimizers
@@ -87,23 +88,23 @@ class WeightMirror(LearningRule):
     def mirror(self) -> None:
         """Write B.grad = -ΔB for every layer (ΔB without the decay, which SGD adds)."""
         for layer in self.layers:
-            layer.feedback.grad = -self.mirror_direction(layer)
+            layer.feedback.grad = self.mirror_direction(layer).neg_()
 
     def mirror_direction(self, layer: nn.Module) -> torch.Tensor:
         """``y ξᵀ / (n σ²)`` in ``W``'s shape: an unbiased estimate of ``W``."""
         n, sigma = self.hp.mirror_batch, self.hp.noise_std
         w = layer.weight
         if isinstance(layer, nn.Linear):
-            xi = torch.randn(n, w.shape[1], device=w.device, dtype=w.dtype) * sigma
+            xi = torch.empty(n, w.shape[1], device=w.device, dtype=w.dtype).normal_(0, sigma)
             y = xi @ w.T
-            return y.T @ xi / (n * sigma**2)
+            return (y.T @ xi).div_(n * sigma**2)
         # Conv2d: a kernel-sized noise patch gives a 1x1 output per filter.
         kh = layer.dilation[0] * (w.shape[2] - 1) + 1
         kw = layer.dilation[1] * (w.shape[3] - 1) + 1
-        xi = torch.randn(n, layer.in_channels, kh, kw, device=w.device, dtype=w.dtype) * sigma
+        xi = torch.empty(n, layer.in_channels, kh, kw, device=w.device, dtype=w.dtype).normal_(0, sigma)
         y = F.conv2d(xi, w, None, 1, 0, layer.dilation, layer.groups)
         grad = torch.ops.aten.convolution_backward(
             y, xi, w, None, [1, 1], [0, 0], list(layer.dilation), False, [0, 0], layer.groups,
             [False, True, False],
         )[1]
-        return grad / (n * sigma**2)
+        return grad.div_(n * sigma**2)

@@ -142,13 +142,13 @@ def _read_tensor_cache(path: Path, spec: VisionSpec) -> dict | None:
 
 
 def _write_tensor_cache(path: Path, raw: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         torch.save(raw, tmp)
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    except OSError:
-        pass  # an unwritable cache costs speed, not correctness
+    except (OSError, RuntimeError):  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)  # an unwritable cache costs speed, not correctness
 
 
 def _stage(spec: VisionSpec, data_dir: Path, root: Path) -> None:

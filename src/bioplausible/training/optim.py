@@ -35,12 +35,13 @@ def optimizer_factory(config: TrainConfig) -> Callable[[list[dict]], torch.optim
             group.pop("lr_scale", None)
             block_index += in_block
             filled.append(group)
+        # Fused kernels (CPU and CUDA): the unfused CPU Adam was half of a KP step on the MNIST MLP.
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in filled for p in g["params"])
         if config.optimizer == "sgd":
-            return torch.optim.SGD(filled, lr=config.lr, momentum=config.momentum,
-                                   nesterov=config.nesterov, weight_decay=config.weight_decay)
-        if config.optimizer == "adam":
-            return torch.optim.Adam(filled, lr=config.lr, weight_decay=config.weight_decay)
-        return torch.optim.AdamW(filled, lr=config.lr, weight_decay=config.weight_decay)
+            return torch.optim.SGD(filled, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                                   weight_decay=config.weight_decay, fused=fused)
+        adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        return adam(filled, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
     return make_optimizer
 

@@ -1,0 +1,90 @@
+"""The command line, run as a user runs it: through a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bioplausible import train
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "bioplausible.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=env)
+
+
+def test_list_shows_rules_with_flags_models_and_datasets():
+    out = cli("list").stdout
+    assert "bp       ✗ ✗ ✗" in out and "fa       ✓ ✗ ✗" in out
+    for name in ("dfa", "kp", "wm", "mlp", "dll_cnn_mnist", "resnet32", "vit_tiny", "digits", "mnist", "imagefolder"):
+        assert name in out
+    assert cli("list", "models").stdout.startswith("models:")
+
+
+def test_train_writes_a_run_directory(tmp_path):
+    run = cli("train", "--algo", "dfa", "--epochs", "2", "--batch-size", "64", "--set", "model.hidden=[32]",
+              "--out", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr
+    assert "test accuracy" in run.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["algo"] == "dfa" and summary["final"]["epoch"] == 2
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(trainer, metrics):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(algo="fa", epochs=3, batch_size=64, model_args={"hidden": [16]}, out=str(tmp_path / "run"),
+              progress=False, callbacks=[stop])
+    run = cli("train", "--resume", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--algo", "nope"], "unknown algorithm 'nope'"),
+        (["train", "--lr", "-1"], "'lr' must be positive, got -1.0"),
+        (["train", "--set", "epochz=3"], "unknown config key 'epochz'"),
+        (["train", "--model", "mlp", "--set", "model.depth=3"], "model 'mlp' has no option 'depth'"),
+        (["train", "--resume", "/nonexistent/run"], "cannot resume"),
+        (["compare", "--algos", "bp,xyz"], "unknown algorithm 'xyz'"),
+        (["compare", "--seeds", "a,b"], "'--seeds' must be comma-separated integers"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line(args, message, tmp_path):
+    run = cli(*args, cwd=tmp_path)
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_config_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("epochs: [3\n")
+    run = cli("train", "--config", str(tmp_path / "bad.yaml"))
+    assert run.returncode == 2 and "is not valid YAML" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_compare_prints_table_and_writes_csv_markdown_plot(tmp_path):
+    run = cli("compare", "--algos", "bp,fa", "--epochs", "2", "--seeds", "0,1", "--batch-size", "64",
+              "--set", "model.hidden=[32]", "--out", str(tmp_path / "cmp"))
+    assert run.returncode == 0, run.stderr
+    assert "| bp | ✗ ✗ ✗ |" in run.stdout and "| fa | ✓ ✗ ✗ |" in run.stdout
+    assert " ± " in run.stdout and "1.00x" in run.stdout
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "results.csv")))
+    assert {(r["algorithm"], r["seed"]) for r in rows} == {("bp", "0"), ("bp", "1"), ("fa", "0"), ("fa", "1")}
+    assert (tmp_path / "cmp" / "results.md").read_text().count("|") > 10
+    assert (tmp_path / "cmp" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
