@@ -57,13 +57,21 @@ class KolenPollack(LearningRule):
         loss.backward()  # fills W.grad and B.grad = W.grad
         return StepResult(loss.detach(), output.detach())
 
+    def configure_optimizers(self, make_optimizer):
+        optimizers = super().configure_optimizers(make_optimizer)
+        decayed = {id(t) for layer in self.layers for t in (layer.weight, layer.feedback)}
+        # (optimizer, group index, its W and B tensors): the decay follows each group's scheduled
+        # learning rate, read at every step (load_state_dict replaces the group dicts).
+        self._decay_groups = [
+            (opt, i, [p for p in group["params"] if id(p) in decayed])
+            for opt in optimizers for i, group in enumerate(opt.param_groups)
+        ]
+        return optimizers
+
     @torch.no_grad()
     def after_step(self) -> None:
         if self.hp.decay == 0:
             return
-        decayed = {id(t) for layer in self.layers for t in (layer.weight, layer.feedback)}
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) in decayed:
-                        p.mul_(1 - group["lr"] * self.hp.decay)
+        for opt, i, tensors in self._decay_groups:
+            if tensors:
+                torch._foreach_mul_(tensors, 1 - opt.param_groups[i]["lr"] * self.hp.decay)
