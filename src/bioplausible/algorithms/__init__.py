@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from torch import nn
 
 from ..registry import Registry
@@ -21,8 +24,11 @@ def list_algorithms() -> list[str]:
     return ALGORITHMS.names()
 
 
-# Importing the modules registers their rules.
-from . import bp, dfa, fa, kp, wm  # noqa: E402,F401
+# Importing a rule's module registers it: every module of this package except the shared plumbing.
+_PLUMBING = {"base", "feedback"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _PLUMBING and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "ALGORITHMS",

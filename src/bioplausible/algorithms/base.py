@@ -93,8 +93,17 @@ class LearningRule(nn.Module):
     layer_local: ClassVar[bool] = False
     Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
 
+    @classmethod
+    def supports(cls, model: nn.Module) -> str | None:
+        """``None`` if the rule can train ``model``, else the reason it cannot (rules for one
+        architecture family override this; the constructor turns a reason into a ConfigError)."""
+        return None
+
     def __init__(self, model: nn.Module, **hyperparameters):
         super().__init__()
+        reason = self.supports(model)
+        if reason is not None:
+            raise ConfigError(f"algorithm '{self.name}' cannot train {type(model).__name__}: {reason}")
         self.model = model
         self.hp = self.Hyperparameters.from_dict(self.name, hyperparameters)
         self.optimizers: list[torch.optim.Optimizer] = []

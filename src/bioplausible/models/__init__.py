@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Sequence
 
 from ..registry import Registry, check_kwargs
@@ -22,7 +24,9 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-# Importing the modules registers their architectures.
-from . import cnn, mlp, resnet, rnn, vgg, vit  # noqa: E402,F401
+# Importing a module registers its architectures: every module here but the base class.
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base" and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["ACTIVATIONS", "MODELS", "Network", "create_model", "list_models", "make_activation", "register_model"]
