@@ -124,6 +124,13 @@ class LearningRule(nn.Module):
         """Runs after the optimizers stepped (mirror steps, EMA copies, ...)."""
 
     # ------------------------------------------------------------------ shared plumbing
+    def backward_loss(self, output: torch.Tensor, y: torch.Tensor) -> StepResult:
+        """Autograd backward of the loss through whatever backward pass the model's layers
+        define: exact for BP, the feedback pathway for rewired layers (FA, DFA, KP, WM)."""
+        loss = self.loss(output, y)
+        loss.backward()
+        return StepResult(loss.detach(), output.detach())
+
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.hp.loss == "ce":
             return F.cross_entropy(output, y)

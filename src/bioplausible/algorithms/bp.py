@@ -15,7 +15,4 @@ class Backprop(LearningRule):
     update_kind = "autograd"
 
     def compute_updates(self, x, y) -> StepResult:
-        output = self.model(x)
-        loss = self.loss(output, y)
-        loss.backward()  # θ.grad = ∂L/∂θ = -Δθ
-        return StepResult(loss.detach(), output.detach())
+        return self.backward_loss(self.model(x), y)  # θ.grad = ∂L/∂θ = -Δθ

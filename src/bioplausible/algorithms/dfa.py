@@ -64,7 +64,4 @@ class DirectFeedbackAlignment(LearningRule):
         self.layers = rewire(model, direct_feedback, direct=self.output_error)
 
     def compute_updates(self, x, y) -> StepResult:
-        output = self.output_error.capture(self.model(x))
-        loss = self.loss(output, y)
-        loss.backward()
-        return StepResult(loss.detach(), output.detach())
+        return self.backward_loss(self.output_error.capture(self.model(x)), y)

@@ -33,7 +33,4 @@ class FeedbackAlignment(LearningRule):
         self.layers = rewire(model, random_like_weight, plastic=False, learn_feedback=False)
 
     def compute_updates(self, x, y) -> StepResult:
-        output = self.model(x)
-        loss = self.loss(output, y)
-        loss.backward()
-        return StepResult(loss.detach(), output.detach())
+        return self.backward_loss(self.model(x), y)  # through B in every rewired layer

@@ -52,10 +52,7 @@ class KolenPollack(LearningRule):
         self.layers = rewire(model, random_like_weight, plastic=True, learn_feedback=True)
 
     def compute_updates(self, x, y) -> StepResult:
-        output = self.model(x)
-        loss = self.loss(output, y)
-        loss.backward()  # fills W.grad and B.grad = W.grad
-        return StepResult(loss.detach(), output.detach())
+        return self.backward_loss(self.model(x), y)  # fills W.grad and B.grad = W.grad
 
     def configure_optimizers(self, make_optimizer):
         optimizers = super().configure_optimizers(make_optimizer)

@@ -78,11 +78,9 @@ class WeightMirror(LearningRule):
         return self.optimizers
 
     def compute_updates(self, x, y) -> StepResult:
-        output = self.model(x)
-        loss = self.loss(output, y)
-        loss.backward()  # task update through B (FA)
+        result = self.backward_loss(self.model(x), y)  # task update through B (FA)
         self.mirror()
-        return StepResult(loss.detach(), output.detach())
+        return result
 
     @torch.no_grad()
     def mirror(self) -> None:
