@@ -10,7 +10,7 @@ import torch
 from bioplausible.algorithms import ALGORITHMS, create_algorithm
 from helpers import batch, small_mlp
 
-WEIGHT_TRANSPORT_FAMILY = ["bp", "fa", "dfa", "kp", "wm"]
+WEIGHT_TRANSPORT_FAMILY = ["bp", "fa", "dfa", "kp", "wm", "dll", "dll_fa"]
 
 
 def error_at_first_hidden_layer(name: str, perturb: bool) -> torch.Tensor:

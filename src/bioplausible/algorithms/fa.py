@@ -30,7 +30,7 @@ class FeedbackAlignment(LearningRule):
         super().__init__(model, **hyperparameters)
         # Fixed B: a buffer, never a parameter (a frozen parameter would get zero grads under
         # DDP and be moved by weight decay; DISTRIBUTED.md, pitfalls).
-        self.layers = rewire(model, random_like_weight, plastic=False, learn_feedback=False)
+        self.layers = rewire(model, random_like_weight)
 
     def compute_updates(self, x, y) -> StepResult:
         return self.backward_loss(self.model(x), y)  # through B in every rewired layer

@@ -49,7 +49,7 @@ class KolenPollack(LearningRule):
         super().__init__(model, **hyperparameters)
         # B is a parameter fed by autograd (grad_B = grad_W inside the layer's backward), so
         # optimizers and DDP treat it like any weight (DISTRIBUTED.md).
-        self.layers = rewire(model, random_like_weight, plastic=True, learn_feedback=True)
+        self.layers = rewire(model, random_like_weight, plastic=True, learning="kolen_pollack")
 
     def compute_updates(self, x, y) -> StepResult:
         return self.backward_loss(self.model(x), y)  # fills W.grad and B.grad = W.grad

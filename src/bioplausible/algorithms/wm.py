@@ -27,7 +27,7 @@ from torch import nn
 from . import register_algorithm
 from ..errors import require_non_negative, require_positive
 from .base import Hyperparameters, LearningRule, Plausibility, StepResult
-from .feedback import random_like_weight, rewire
+from .feedback import random_like_weight, rewire, without
 
 
 @dataclass
@@ -55,16 +55,10 @@ class WeightMirror(LearningRule):
 
     def __init__(self, model, **hyperparameters):
         super().__init__(model, **hyperparameters)
-        self.layers = rewire(model, random_like_weight, plastic=True, learn_feedback=False)
+        self.layers = rewire(model, random_like_weight, plastic=True)
 
     def param_groups(self) -> list[dict]:
-        feedback = {id(layer.feedback) for layer in self.layers}
-        groups = []
-        for group in super().param_groups():
-            params = [p for p in group["params"] if id(p) not in feedback]
-            if params:
-                groups.append({**group, "params": params})
-        return groups
+        return without(super().param_groups(), [layer.feedback for layer in self.layers])
 
     def configure_optimizers(self, make_optimizer):
         # SGD's coupled decay η_B·(λ/η_B)·B is exactly the spec's -λB.

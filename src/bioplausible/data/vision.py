@@ -70,6 +70,8 @@ SPECS: dict[str, VisionSpec] = {
     "mnist": _mnist_like("MNIST", 0.1307, 0.3081),
     "fashion_mnist": _mnist_like("FashionMNIST", 0.2860, 0.3530),
     "kmnist": _mnist_like("KMNIST", 0.1918, 0.3483),
+    # MNIST as raw pixels in [0, 1] (no standardisation), the preprocessing of the EP/DEP papers.
+    "mnist_raw": _mnist_like("MNIST", 0.0, 1.0),
     "cifar10": VisionSpec(
         "CIFAR10", ("cifar-10-python.tar.gz",),
         "DIR/cifar-10-python.tar.gz (or the extracted DIR/cifar-10-batches-py/)",

@@ -1,0 +1,125 @@
+"""Dendritic localized learning, grouped by oracle (ALGORITHMS.md, DLL):
+
+* equivalence: with Θ tied to W, ΔW equals minus the autograd gradient of the same loss;
+* closed form: ΔΘ is eq. (9), -g ξᵀ batch-averaged, computed here by hand;
+* convergence: the apical dynamics (6) settle to the closed form (7);
+* C1 is in test_c1_weight_transport.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bioplausible.algorithms import create_algorithm
+from bioplausible.errors import ConfigError
+from helpers import batch, small_cnn, small_mlp
+
+
+def tie_theta_to_weights(rule):
+    with torch.no_grad():
+        for layer in rule.layers:
+            layer.feedback.copy_(layer.weight)
+
+
+@pytest.mark.parametrize("build", [small_mlp, small_cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_tied_theta_gives_bp_weight_updates(build, loss):
+    reference = build()
+    bp = create_algorithm("bp", copy.deepcopy(reference), loss=loss)
+    dll = create_algorithm("dll", copy.deepcopy(reference), loss=loss)
+    tie_theta_to_weights(dll)
+    x, y = batch(reference)
+    bp.compute_updates(x, y)
+    dll.compute_updates(x, y)
+    dll_params = dict(dll.model.named_parameters())
+    for name, p_bp in bp.model.named_parameters():
+        torch.testing.assert_close(dll_params[name].grad, p_bp.grad, rtol=0, atol=1e-14, msg=name)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_theta_update_is_equation_9(loss):
+    """Hand-written Algorithm 1 for a 3-layer tanh MLP: ξ_L, g, ξ_i = Θ_iᵀ g_{i+1}, ΔΘ_i = -g ξᵀ."""
+    model = small_mlp()
+    dll = create_algorithm("dll", model, loss=loss)
+    x, y = batch(model)
+    dll.compute_updates(x, y)
+
+    linears = [m for block in model.blocks for m in block if isinstance(m, torch.nn.Linear)]
+    u, pre = [x.flatten(1)], []
+    for i, layer in enumerate(linears):
+        a = u[-1] @ layer.weight.T + layer.bias
+        pre.append(a)
+        u.append(torch.tanh(a) if i < len(linears) - 1 else a)
+    onehot = F.one_hot(y, model.num_classes).double()
+    xi = onehot - (u[-1] if loss == "mse" else u[-1].softmax(-1))  # ξ_L
+    for i in range(len(linears) - 1, 0, -1):
+        fprime = torch.ones_like(pre[i]) if i == len(linears) - 1 else 1 - torch.tanh(pre[i]) ** 2
+        g = xi * fprime  # g_{i+1}
+        xi_below = g @ linears[i].feedback  # ξ_i = Θ_iᵀ g_{i+1} (row vectors)
+        delta_w = g.T @ u[i] / len(y)  # (8)
+        delta_theta = -g.T @ xi_below / len(y)  # (9)
+        torch.testing.assert_close(linears[i].weight.grad, -delta_w, rtol=0, atol=1e-14)
+        torch.testing.assert_close(linears[i].feedback.grad, -delta_theta, rtol=0, atol=1e-14)
+        xi = xi_below
+    assert not hasattr(linears[0], "feedback")  # the first layer sends no error: no Θ_0
+
+
+@pytest.mark.parametrize("build", [small_mlp, small_cnn], ids=["mlp", "cnn"])
+def test_settling_with_unit_rate_reaches_closed_form_after_depth_steps(build):
+    reference = build()
+    depth = len(reference.blocks)
+    closed = create_algorithm("dll", copy.deepcopy(reference))
+    settled = create_algorithm("dll", copy.deepcopy(reference), settle_steps=depth - 1, eta_x=1.0)
+    for layer_c, layer_s in zip(closed.layers, settled.layers):
+        layer_s.feedback.data.copy_(layer_c.feedback)
+    x, y = batch(reference)
+    closed.compute_updates(x, y)
+    settled.compute_updates(x, y)
+    for (name, p_c), p_s in zip(closed.named_parameters(), settled.parameters()):
+        torch.testing.assert_close(p_s.grad, p_c.grad, rtol=0, atol=1e-13, msg=name)
+
+
+def test_settling_converges_geometrically_to_closed_form():
+    reference = small_mlp()
+    closed = create_algorithm("dll", copy.deepcopy(reference))
+    x, y = batch(reference)
+    closed.compute_updates(x, y)
+    gaps = []
+    for steps in (2, 10, 80):
+        settled = create_algorithm("dll", copy.deepcopy(reference), settle_steps=steps, eta_x=0.3)
+        for layer_c, layer_s in zip(closed.layers, settled.layers):
+            layer_s.feedback.data.copy_(layer_c.feedback)
+        settled.compute_updates(x, y)
+        gaps.append(max((p_s.grad - p_c.grad).abs().max().item()
+                        for p_c, p_s in zip(closed.parameters(), settled.parameters())))
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert gaps[0] > 1e-3 and gaps[2] < 1e-10
+
+
+def test_dll_fa_theta_is_frozen_buffer_and_learns_nothing():
+    dll_fa = create_algorithm("dll_fa", small_mlp())
+    dll_fa.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.1))
+    before = [layer.feedback.clone() for layer in dll_fa.layers]
+    dll_fa.train_step(*batch(dll_fa.model))
+    for layer, theta in zip(dll_fa.layers, before):
+        assert not isinstance(layer.feedback, torch.nn.Parameter)
+        assert torch.equal(layer.feedback, theta)
+
+
+def test_theta_learning_rate_defaults_to_a_tenth():
+    dll = create_algorithm("dll", small_mlp())
+    theta_group = next(g for g in dll.param_groups() if g["name"] == "theta")
+    assert theta_group["lr_scale"] == 0.1
+    assert {id(p) for p in theta_group["params"]} == {id(layer.feedback) for layer in dll.layers}
+    assert create_algorithm("dll", small_mlp(), theta_lr=3e-4).param_groups()[-1]["lr"] == 3e-4
+
+
+def test_bad_settle_options_are_named():
+    with pytest.raises(ConfigError, match="'settle_steps' must be a non-negative integer"):
+        create_algorithm("dll", small_mlp(), settle_steps=-1)
+    with pytest.raises(ConfigError, match="'eta_x' must be positive"):
+        create_algorithm("dll", small_mlp(), eta_x=0.0)
