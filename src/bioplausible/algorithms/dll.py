@@ -24,6 +24,12 @@ layer ``ξ`` is the transposed convolution of ``g`` with Θ and ``ΔΘ`` pairs e
 position with its own input patch (the authors' code reshapes without permuting and pairs the
 wrong elements there; their MLP never updates Θ at all).
 
+The per-layer form is exact when every layer's input feeds that layer alone (MLPs and the
+paper's CNNs): the error at the input is then the apical ``ξ_i`` of eq. (9). In a recurrent net
+``h_t`` feeds both ``W_y`` and ``W_h``, and (9) pairs ``g`` with the *total* ``ξ^h_t``, so the
+RNN form (Appendix B, eqs. 10-30) needs its own loop; it is not implemented yet and
+:meth:`supports` refuses recurrent models rather than computing something else.
+
 ``dll_fa`` is the paper's DLL-FA ablation (Table 3): Θ random and frozen.
 """
 
@@ -66,6 +72,14 @@ class DendriticLocalizedLearning(LearningRule):
     update_kind = "autograd"
     Hyperparameters = DLLHyperparameters
     plastic_theta = True
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> str | None:
+        from ..models.rnn import ElmanRNN
+
+        if isinstance(model, ElmanRNN):
+            return "the recurrent form of DLL (Appendix B) is not implemented yet"
+        return None
 
     def __init__(self, model, **hyperparameters):
         super().__init__(model, **hyperparameters)
