@@ -31,6 +31,7 @@ CASES: dict[str, list[tuple[tuple[int, ...], dict, int]]] = {
         ((1, 28, 28), {"channels": (8, 16, 16)}, 2),
         ((3, 32, 32), {"channels": (8, 8), "hidden": 16}, 2),
     ],
+    "dendritic_mlp": [((1, 8, 8), {"hidden": (6,), "steps": 4}, 2), ((12,), {"hidden": (8, 6), "steps": 3}, 2)],
     "dll_cnn_mnist": [((1, 28, 28), {}, 2)],
     "dll_cnn_fmnist": [((1, 28, 28), {}, 2)],
     "dll_cnn_svhn": [((3, 32, 32), {}, 2)],

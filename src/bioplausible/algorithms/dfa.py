@@ -31,11 +31,16 @@ def layer_input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[n
         shapes.setdefault(layer, args[0].shape[1:])
 
     hooks = [layer.register_forward_pre_hook(record) for _, layer in trainable_layers(model)]
+    was_training = model.training
     try:
         param = next(model.parameters())
+        # Eval mode: BatchNorm1d cannot take a training batch of one, and the dry pass must not
+        # move BatchNorm's running statistics.
+        model.eval()
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
     finally:
+        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return shapes

@@ -53,24 +53,36 @@ def _widths(hidden) -> tuple[int, ...]:
 
 
 @register_model("mlp")
-def mlp(input_shape, num_classes, hidden=(256,), activation="relu", bias=True) -> Network:
+def mlp(input_shape, num_classes, hidden=(256,), activation="relu", bias=True, batch_norm=False,
+        dropout=0.0) -> Network:
     """A fully connected network on the flattened input.
 
     Blocks: ``[Flatten, Linear, act]``, then ``[Linear, act]`` per further hidden layer, then
     ``[Linear]`` (a linear output, so losses see logits). ``hidden=()`` gives a linear classifier.
     One block per weight layer, because layer-local rules (and DLL's per-layer errors) treat each
     weight layer as its own module.
+
+    ``batch_norm`` puts a BatchNorm1d between each hidden Linear and its activation and
+    ``dropout`` a Dropout after it: Nøkland & Eidnes (2019)'s MLP (Linear, BN, LeakyReLU,
+    dropout 0.1), the setting of SLL's Table 1. Both are off by default.
     """
     shape = check_input_shape(input_shape, "mlp")
     num_classes = check_num_classes(num_classes)
     widths = _widths(hidden)
     make_activation(activation)  # fail early on an unknown name
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise ConfigError(f"mlp: dropout must be a probability in [0, 1), got {dropout!r}")
 
     blocks: list[nn.Module] = []
     fan_in = math.prod(shape)
     for i, width in enumerate(widths):
         layers = [nn.Flatten()] if i == 0 else []
-        layers += [nn.Linear(fan_in, width, bias=bias), make_activation(activation)]
+        layers.append(nn.Linear(fan_in, width, bias=bias))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(make_activation(activation))
+        if dropout:
+            layers.append(nn.Dropout(dropout))
         blocks.append(nn.Sequential(*layers))
         fan_in = width
     out = [nn.Flatten()] if not widths else []
