@@ -21,52 +21,14 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from bioplausible import __version__
 from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
+from bioplausible.training.memory import SavedBytes
 from epoch_time import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class SavedBytes:
-    """Live and peak bytes of the storages autograd holds for backward (saved_tensors_hooks).
-
-    A storage counts once however many ops save it, from its first packing until the last graph
-    holding it is freed; storages of the model's parameters and buffers are not counted (they
-    are resident anyway: BP saves views of the weights, SLL does not need them)."""
-
-    def __init__(self, resident: nn.Module):
-        self.resident = {t.untyped_storage().data_ptr() for t in [*resident.parameters(), *resident.buffers()]}
-        self.refs: dict[int, int] = {}
-        self.live = self.peak = 0
-
-    def pack(self, t: torch.Tensor):
-        storage = t.untyped_storage()
-        ptr, size = storage.data_ptr(), storage.nbytes()
-        if ptr in self.resident:
-            return None, t
-        meter = self
-
-        class Handle:  # dropped with the graph that holds it
-            def __del__(self):
-                meter.refs[ptr] -= 1
-                if not meter.refs[ptr]:
-                    del meter.refs[ptr]
-                    meter.live -= size
-
-        if ptr not in self.refs:
-            self.refs[ptr] = 0
-            self.live += size
-            self.peak = max(self.peak, self.live)
-        self.refs[ptr] += 1
-        return Handle(), t
-
-    @staticmethod
-    def unpack(packed):
-        return packed[1]
 
 
 def build(arch: str, depth: int):

@@ -3,7 +3,6 @@ SGD step, and the forward/backward angle falls below 10° within a few hundred s
 
 from __future__ import annotations
 
-import copy
 
 import torch
 
