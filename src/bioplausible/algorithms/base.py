@@ -84,6 +84,31 @@ class Hyperparameters:
 OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
 
 
+class DecoupledDecay:
+    """``θ ← (1 - ηλ) θ`` for chosen tensors after every optimizer step, with ``η`` the current
+    learning rate of the tensor's group divided by ``ratio(group)`` (for rules whose groups run
+    at a multiple of a base rate). Read at every step, so LR schedules apply and
+    ``Optimizer.load_state_dict``, which replaces the group dicts, does not leave it stale.
+    Decoupled from the gradient, it is exact under SGD and keeps paired tensors paired under Adam."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], tensors: list[torch.Tensor], decay: float,
+                 ratio: Callable[[dict], float] = lambda group: 1.0):
+        ids = {id(t) for t in tensors}
+        self.decay = decay
+        self.groups = [
+            (opt, i, [p for p in group["params"] if id(p) in ids], ratio(group))
+            for opt in optimizers for i, group in enumerate(opt.param_groups)
+        ]
+        self.groups = [entry for entry in self.groups if entry[2]]
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        if self.decay == 0:
+            return
+        for opt, i, tensors, ratio in self.groups:
+            torch._foreach_mul_(tensors, 1 - opt.param_groups[i]["lr"] / ratio * self.decay)
+
+
 class LearningRule(nn.Module):
     """Base class of every learning rule. Subclasses implement :meth:`compute_updates`."""
 

@@ -23,7 +23,7 @@ import torch
 
 from . import register_algorithm
 from ..errors import require_non_negative
-from .base import Hyperparameters, LearningRule, Plausibility, StepResult
+from .base import DecoupledDecay, Hyperparameters, LearningRule, Plausibility, StepResult
 from .feedback import random_like_weight, rewire
 
 
@@ -56,19 +56,9 @@ class KolenPollack(LearningRule):
 
     def configure_optimizers(self, make_optimizer):
         optimizers = super().configure_optimizers(make_optimizer)
-        decayed = {id(t) for layer in self.layers for t in (layer.weight, layer.feedback)}
-        # (optimizer, group index, its W and B tensors): the decay follows each group's scheduled
-        # learning rate, read at every step (load_state_dict replaces the group dicts).
-        self._decay_groups = [
-            (opt, i, [p for p in group["params"] if id(p) in decayed])
-            for opt in optimizers for i, group in enumerate(opt.param_groups)
-        ]
+        paired = [t for layer in self.layers for t in (layer.weight, layer.feedback)]
+        self.decay = DecoupledDecay(optimizers, paired, self.hp.decay)
         return optimizers
 
-    @torch.no_grad()
     def after_step(self) -> None:
-        if self.hp.decay == 0:
-            return
-        for opt, i, tensors in self._decay_groups:
-            if tensors:
-                torch._foreach_mul_(tensors, 1 - opt.param_groups[i]["lr"] * self.hp.decay)
+        self.decay()  # W and B both shrink by (1 - ηλ)

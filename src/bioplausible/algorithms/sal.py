@@ -46,7 +46,7 @@ from torch import nn
 
 from . import register_algorithm
 from ..errors import ConfigError, require_non_negative, require_positive
-from .base import Hyperparameters, LearningRule, Plausibility, StepResult
+from .base import DecoupledDecay, Hyperparameters, LearningRule, Plausibility, StepResult
 
 DOWNSTREAM_ACTIVATIONS = ("identity", "relu_of_Vh", "relu", "tanh")
 CROSS_INITS = ("random", "identity")
@@ -251,24 +251,14 @@ class SelfAssemblingLearning(LearningRule):
 
     def configure_optimizers(self, make_optimizer):
         optimizers = super().configure_optimizers(make_optimizer)
-        decayed = {id(layer.weight) for layer in self.linears}
-        decayed |= {id(p) for level in self.levels for p in level.parameters()}
+        decayed = [layer.weight for layer in self.linears] + [p for level in self.levels for p in level.parameters()]
         ratios = {f"sal.{kind}": self.hp.lr_ratio(kind) for kind in KINDS}
-        # (optimizer, group index, decayed tensors, rate ratio): η_W = group lr / ratio, read at
-        # every step so schedules apply (load_state_dict replaces the group dicts).
-        self._decay_groups = [
-            (opt, i, [p for p in group["params"] if id(p) in decayed], ratios.get(group.get("name"), 1.0))
-            for opt in optimizers for i, group in enumerate(opt.param_groups)
-        ]
+        # γ shrinks all four matrices uniformly: η_W = a group's lr divided by its rate ratio.
+        self.decay = DecoupledDecay(optimizers, decayed, self.hp.decay, lambda group: ratios.get(group.get("name"), 1.0))
         return optimizers
 
-    @torch.no_grad()
     def after_step(self) -> None:
-        if self.hp.decay == 0:
-            return
-        for opt, i, tensors, ratio in self._decay_groups:
-            if tensors:
-                torch._foreach_mul_(tensors, 1 - opt.param_groups[i]["lr"] / ratio * self.hp.decay)
+        self.decay()
 
     # ------------------------------------------------------------------ short-term modulation
     @torch.no_grad()
