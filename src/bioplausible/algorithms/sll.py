@@ -301,6 +301,16 @@ class StochasticLayerwiseLearning(LearningRule):
         return out
 
     @torch.no_grad()
+    def eval_codes(self, x: torch.Tensor):
+        """:meth:`codes` in evaluation mode (expected projections, no dropout), restoring the mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.codes(x)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
         """Per projected layer, on a held-out batch in eval mode: CE, BC against the parent, the
         accuracy of ``argmax v_i`` and of a linear probe on ``v_i`` (fit on the first half of the
@@ -308,12 +318,7 @@ class StochasticLayerwiseLearning(LearningRule):
         and BC so far."""
         from sklearn.linear_model import LogisticRegression
 
-        was_training = self.training
-        self.eval()
-        try:
-            codes = self.codes(x)
-        finally:
-            self.train(was_training)
+        codes = self.eval_codes(x)
         half = len(y) // 2
         y_np = y.cpu().numpy()
         train_means = (self.loss_sums / max(self.loss_count, 1)).tolist()
@@ -361,12 +366,7 @@ class StochasticLayerwiseLearning(LearningRule):
         import matplotlib.pyplot as plt
         from sklearn.manifold import TSNE
 
-        was_training = self.training
-        self.eval()
-        try:
-            codes = self.codes(x)
-        finally:
-            self.train(was_training)
+        codes = self.eval_codes(x)
         n = len(codes)
         fig, axes = plt.subplots(2, n, figsize=(3 * n, 6), squeeze=False)
         labels = y.cpu().numpy()
