@@ -27,9 +27,7 @@ from bioplausible import __version__
 from bioplausible.config import load_config
 from bioplausible.data import load_dataset
 from bioplausible.training import Trainer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from epoch_time import machine  # noqa: E402
+from bioplausible.training.trainer import describe_device
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.now()
     command = "python benchmarks/ep_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {
-        "date": now.isoformat(timespec="seconds"), "machine": machine("cpu"), "torch": torch.__version__,
+        "date": now.isoformat(timespec="seconds"), "machine": describe_device("cpu"), "torch": torch.__version__,
         "bioplausible": __version__, "threads": args.threads, "command": command,
         "batches_timed": args.limit_batches or full_batches, "full_batches": full_batches,
         "load_average_1min": {"min": min(loads), "max": max(loads)},

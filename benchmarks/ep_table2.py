@@ -23,9 +23,7 @@ import torch
 
 from bioplausible.config import load_config
 from bioplausible.training import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from epoch_time import machine  # noqa: E402
+from bioplausible.training.trainer import describe_device
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -67,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"preset": preset, "algo": algo, "dataset": dataset, "runs": runs})
 
     now = datetime.now()
-    record = {"date": now.isoformat(timespec="seconds"), "machine": machine("cpu"), "torch": torch.__version__,
+    record = {"date": now.isoformat(timespec="seconds"), "machine": describe_device("cpu"), "torch": torch.__version__,
               "command": command, "epochs": args.epochs, "seeds": seeds, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"ep-table2-{now:%Y%m%d-%H%M}{'-' + args.tag if args.tag else ''}"

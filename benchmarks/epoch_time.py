@@ -26,23 +26,10 @@ import torch
 from bioplausible import TrainConfig, __version__
 from bioplausible.data import load_dataset
 from bioplausible.training import Trainer
+from bioplausible.training.trainer import describe_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"fa": 1.05, "dfa": 1.05, "kp": 1.4}  # issue #2: epoch time / BP's
-
-
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.now()
     result = {
         "benchmark": "epoch_time", "date": now.isoformat(timespec="seconds"),
-        "machine": machine(args.device), "device": args.device, "threads": args.threads,
+        "machine": describe_device(args.device), "device": args.device, "threads": args.threads,
         "torch": torch.__version__, "bioplausible": __version__, "python": platform.python_version(),
         "model": args.model, "dataset": args.dataset, "batch_size": args.batch_size, "repeats": args.repeats,
         "limit_batches": args.limit_batches, "command": " ".join(["python", "benchmarks/epoch_time.py", *(argv or sys.argv[1:])]),

@@ -27,9 +27,7 @@ from bioplausible.algorithms.sal import plot_diagnostics
 from bioplausible.data import load_dataset
 from bioplausible.errors import DivergenceError
 from bioplausible.training import Trainer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from epoch_time import machine  # noqa: E402
+from bioplausible.training.trainer import describe_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {  # Table 1, mean of 5 runs
@@ -119,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     result = table1(args) if args.what == "table1" else speed(args)
     now = datetime.now()
     command = " ".join(["python", "benchmarks/sal_reproduce.py", *(argv or sys.argv[1:])])
-    meta = {"date": now.isoformat(timespec="seconds"), "machine": machine("cpu"), "torch": torch.__version__,
+    meta = {"date": now.isoformat(timespec="seconds"), "machine": describe_device("cpu"), "torch": torch.__version__,
             "bioplausible": __version__, "command": command}
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"sal-{args.what}-{now:%Y%m%d}"

@@ -26,7 +26,7 @@ from bioplausible import __version__
 from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
 from bioplausible.training.memory import SavedBytes
-from epoch_time import machine
+from bioplausible.training.trainer import describe_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     now = datetime.now()
     command = " ".join(["python", "benchmarks/sll_memory.py", *(argv if argv is not None else sys.argv[1:])])
-    result = {"benchmark": "sll_memory", "date": now.isoformat(timespec="seconds"), "machine": machine(args.device),
+    result = {"benchmark": "sll_memory", "date": now.isoformat(timespec="seconds"), "machine": describe_device(args.device),
               "torch": torch.__version__, "bioplausible": __version__, "python": platform.python_version(),
               "batch_size": args.batch_size, "command": command, "rows": rows}
     RESULTS.mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bioplausible import __version__, train
-from epoch_time import machine
+from bioplausible.training.trainer import describe_device
 from sll_speed import NOKLAND_MLP
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     path = STEM.with_suffix(".json")
     record = json.loads(path.read_text()) if path.exists() else {"runs": [], "commands": []}
-    record.update(machine=machine("cpu"), torch=torch.__version__, bioplausible=__version__,
+    record.update(machine=describe_device("cpu"), torch=torch.__version__, bioplausible=__version__,
                   python=platform.python_version())
     record["commands"].append(" ".join(["python", "benchmarks/sll_reproduce.py", *(argv if argv is not None else sys.argv[1:])]))
     for seed in [int(s) for s in args.seeds.split(",") if s]:

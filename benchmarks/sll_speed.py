@@ -23,7 +23,7 @@ import torch
 from bioplausible import TrainConfig, __version__
 from bioplausible.data import load_dataset
 from bioplausible.training import Trainer
-from epoch_time import machine
+from bioplausible.training.trainer import describe_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOKLAND_MLP = {"hidden": [1024, 1024, 1024], "activation": "leaky_relu", "batch_norm": True, "dropout": 0.1}
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     bp, sll = statistics.median(times["bp"]), statistics.median(times["sll"])
     now = datetime.now()
     command = " ".join(["python", "benchmarks/sll_speed.py", *(argv if argv is not None else sys.argv[1:])])
-    result = {"benchmark": "sll_speed", "date": now.isoformat(timespec="seconds"), "machine": machine(args.device),
+    result = {"benchmark": "sll_speed", "date": now.isoformat(timespec="seconds"), "machine": describe_device(args.device),
               "threads": args.threads, "torch": torch.__version__, "bioplausible": __version__,
               "python": platform.python_version(), "model_args": NOKLAND_MLP, "dataset": args.dataset,
               "command": command, "epoch_seconds": times, "ratio_sll_to_bp": sll / bp, "target": TARGET}

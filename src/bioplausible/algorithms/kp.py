@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from . import register_algorithm
 from ..errors import require_non_negative

@@ -60,6 +60,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def describe_device(device: str | torch.device) -> str:
+    """The GPU's name, or the CPU model and the intra-op thread count: what results are labelled with."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{config.algo}-{config.model}-{config.dataset}-s{config.seed}-{stamp}"
@@ -281,7 +297,7 @@ class Trainer:
             "mean_epoch_seconds": sum(m["epoch_seconds"] for m in self.history) / len(self.history),
             "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "versions": {"bioplausible": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            "device": describe_device(self.device),
         }
         if self.data.val is not None:
             best = max(self.history, key=lambda m: m["val_acc"])
