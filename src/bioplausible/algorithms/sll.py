@@ -51,7 +51,6 @@ import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +58,8 @@ from torch import nn
 
 from . import register_algorithm
 from ..errors import ConfigError, require_non_negative
-from .base import Hyperparameters, LearningRule, Plausibility, StepResult
+from .base import Hyperparameters, Plausibility
+from .layerwise import LayerwiseRule, split_blocks
 
 HEADS = ("projection", "model")
 TOKEN_POOLS = ("cls", "mean")
@@ -138,35 +138,20 @@ class RandomProjection(nn.Module):
 
 
 @register_algorithm("sll")
-class StochasticLayerwiseLearning(LearningRule):
+class StochasticLayerwiseLearning(LayerwiseRule):
     """Stochastic layer-wise learning: per-layer CE + Bhattacharyya loss through fixed random projections."""
 
     name = "sll"
     flags = Plausibility(no_weight_transport=True, local_errors=True, no_separate_phases=False)
-    update_kind = "autograd"
-    layer_local = True
     Hyperparameters = SLLHyperparameters
-
-    @classmethod
-    def supports(cls, model: nn.Module) -> str | None:
-        from ..models.base import Network
-
-        if not isinstance(model, Network):
-            return "SLL splits a network at its blocks; the model is not a bioplausible Network"
-        if type(model).forward is not Network.forward:
-            return "its forward is not the plain composition of its blocks, so it cannot be split into layers"
-        if len(model.blocks) < 2:
-            return "SLL needs at least two blocks to train layer-wise"
-        return None
 
     def __init__(self, model, **hyperparameters):
         super().__init__(model, **hyperparameters)
         hp = self.hp
-        blocks = list(model.blocks)
-        self.units = [blocks[i:i + hp.block_size] for i in range(0, len(blocks), hp.block_size)]
+        self.units = split_blocks(model.blocks, hp.block_size)
         if hp.head == "model" and len(self.units) < 2:
             raise ConfigError(f"sll: head='model' with block_size {hp.block_size} leaves no SLL layer "
-                              f"in {len(blocks)} blocks; use a smaller block_size")
+                              f"in {len(model.blocks)} blocks; use a smaller block_size")
         projected = len(self.units) - (hp.head == "model")  # layers that own an R_i
         self.bc_weights = self._bc_weights(projected)
         dims = self._feature_dims(projected)
@@ -201,18 +186,12 @@ class StochasticLayerwiseLearning(LearningRule):
         dims = []
         try:
             self.model.eval()
-            for unit in self.units[:projected]:
-                h = self._run(unit, h)
+            for i in range(projected):
+                h = self.forward_unit(i, h)
                 dims.append(reduce_features(h, self.hp.pool_size, self.hp.token_pool).shape[1])
         finally:
             self.model.train(was_training)
         return dims
-
-    @staticmethod
-    def _run(unit: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
-        for block in unit:
-            h = block(h)
-        return h
 
     # ------------------------------------------------------------------ the local losses
     def project(self, i: int, h: torch.Tensor) -> torch.Tensor:
@@ -231,8 +210,8 @@ class StochasticLayerwiseLearning(LearningRule):
         """Every layer's loss, each on the detached output of the layer below (one graph per
         layer, all kept alive: for tests and for the sum-vs-separate locality check)."""
         losses, h, parent = [], x, None
-        for i, unit in enumerate(self.units):
-            h = self._run(unit, h.detach())
+        for i in range(len(self.units)):
+            h = self.forward_unit(i, h.detach())
             if i == len(self.projections):  # head="model": the model's own head, plain CE
                 losses.append(F.cross_entropy(h, y))
                 break
@@ -242,51 +221,25 @@ class StochasticLayerwiseLearning(LearningRule):
         return losses
 
     # ------------------------------------------------------------------ training
-    def configure_optimizers(self, make_optimizer):
-        """One optimizer per layer: a layer steps as soon as its own backward is done."""
-        index = {id(block): i for i, block in enumerate(self.model.blocks)}
-        self.unit_optimizers = []
-        for unit in self.units:
-            groups = [{"name": f"blocks.{index[id(b)]}", "params": [p for p in b.parameters() if p.requires_grad]}
-                      for b in unit]
-            groups = [g for g in groups if g["params"]]
-            # None for a parameter-free unit (a lone pooling block): nothing to step.
-            self.unit_optimizers.append(make_optimizer(groups) if groups else None)
-        self.optimizers = [opt for opt in self.unit_optimizers if opt is not None]
-        return self.optimizers
+    def unit_loss(self, i: int, h: torch.Tensor, parent: torch.Tensor | None, y: torch.Tensor):
+        """Layer ``i``'s loss; its projection ``v_i`` is the carry, the next layer's parent."""
+        if i == len(self.projections):  # head="model": CE on the model's output
+            return F.cross_entropy(h, y), None, h
+        v = self.project(i, h)
+        loss, ce, bc = self.layer_loss(i, v, parent, y)
+        self.loss_sums[i] += torch.stack([ce, bc]).to(self.loss_sums)
+        return loss, v.detach(), v
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        if not self.optimizers:
-            raise RuntimeError("call configure_optimizers() before train_step()")
-        self.model.check_input(x)
-        h, parent = x, None
-        for i, (unit, opt) in enumerate(zip(self.units, self.unit_optimizers)):
-            if opt is not None:
-                opt.zero_grad(set_to_none=True)
-            h = self._run(unit, h.detach())  # sg(h_{i-1}): no gradient leaves the layer
-            if i == len(self.projections):  # head="model": CE on the model's output
-                loss, output = F.cross_entropy(h, y), h
-                ce = loss.detach()
-            else:
-                output = self.project(i, h)
-                loss, ce, bc = self.layer_loss(i, output, parent, y)
-                self.loss_sums[i] += torch.stack([ce, bc]).to(self.loss_sums)
-                parent = output.detach()
-            if loss.requires_grad:
-                loss.backward()  # frees this layer's graph before the next layer runs
-            if opt is not None:
-                opt.step()
+    def after_step(self) -> None:
         self.loss_count += 1
-        self.after_step()
-        return StepResult(ce, output.detach())
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         if self.hp.head == "model":
             return self.model(x)
         self.model.check_input(x)
-        for unit in self.units:
-            x = self._run(unit, x)
+        for i in range(len(self.units)):
+            x = self.forward_unit(i, x)
         return self.project(len(self.projections) - 1, x)
 
     # ------------------------------------------------------------------ diagnostics
@@ -294,8 +247,8 @@ class StochasticLayerwiseLearning(LearningRule):
     def codes(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(z_i, v_i)`` of every projected layer for ``x``, in the current mode."""
         out, h = [], x
-        for i, unit in enumerate(self.units[:len(self.projections)]):
-            h = self._run(unit, h)
+        for i in range(len(self.projections)):
+            h = self.forward_unit(i, h)
             z = reduce_features(h, self.hp.pool_size, self.hp.token_pool)
             out.append((z, self.projections[i](z)))
         return out

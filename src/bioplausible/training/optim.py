@@ -8,32 +8,38 @@ fills in learning rates: ``layer_lrs`` per model block, otherwise ``lr`` (times 
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError
 
 
-def optimizer_factory(config: TrainConfig) -> Callable[[list[dict]], torch.optim.Optimizer]:
-    def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
-        is_block = [g.get("name", "").startswith("blocks.") for g in groups]
-        if config.layer_lrs is not None and len(config.layer_lrs) != sum(is_block):
-            raise ConfigError(
-                f"'layer_lrs' has {len(config.layer_lrs)} entries but the model has "
-                f"{sum(is_block)} blocks with parameters"
-            )
-        filled, block_index = [], 0
-        for group, in_block in zip(groups, is_block):
+class OptimizerFactory:
+    """``make_optimizer(groups)`` for :meth:`LearningRule.configure_optimizers`.
+
+    ``layer_lrs`` are handed out in order to the groups named ``blocks.*`` across all calls, so
+    a rule with one optimizer per module (SLL, local losses) gets the same per-block rates as a
+    rule with one optimizer; :meth:`check_layer_lrs` then checks that every entry was used."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.blocks_seen = 0
+
+    def __call__(self, groups: list[dict]) -> torch.optim.Optimizer:
+        config = self.config
+        filled = []
+        for group in groups:
             group = dict(group)
+            in_block = group.get("name", "").startswith("blocks.")
             if "lr" not in group:
                 if config.layer_lrs is not None and in_block:
-                    group["lr"] = float(config.layer_lrs[block_index])
+                    if self.blocks_seen >= len(config.layer_lrs):
+                        raise self._count_error(f"more than {len(config.layer_lrs)}")
+                    group["lr"] = float(config.layer_lrs[self.blocks_seen])
                 else:
                     group["lr"] = config.lr * group.pop("lr_scale", 1.0)
             group.pop("lr_scale", None)
-            block_index += in_block
+            self.blocks_seen += in_block
             filled.append(group)
         # Fused kernels (CPU and CUDA): the unfused CPU Adam was half of a KP step on the MNIST MLP.
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in filled for p in g["params"])
@@ -43,7 +49,14 @@ def optimizer_factory(config: TrainConfig) -> Callable[[list[dict]], torch.optim
         adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
         return adam(filled, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
-    return make_optimizer
+    def check_layer_lrs(self) -> None:
+        """After the rule built its optimizers: one ``layer_lrs`` entry per block with parameters."""
+        if self.config.layer_lrs is not None and self.blocks_seen != len(self.config.layer_lrs):
+            raise self._count_error(str(self.blocks_seen))
+
+    def _count_error(self, blocks: str) -> ConfigError:
+        return ConfigError(f"'layer_lrs' has {len(self.config.layer_lrs)} entries but the model has "
+                           f"{blocks} blocks with parameters")
 
 
 def lr_factor(config: TrainConfig, epoch_progress: float) -> float:

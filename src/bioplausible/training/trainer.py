@@ -35,7 +35,8 @@ from ..data import BatchAugment, BatchLoader, DataSplits, load_dataset
 from ..errors import ConfigError, DivergenceError
 from ..models import create_model
 from .checkpoint import load_checkpoint, save_atomic
-from .optim import make_schedulers, optimizer_factory
+from .metrics import MetricTracker, best_val, headline
+from .optim import OptimizerFactory, make_schedulers
 
 EpochCallback = Callable[["Trainer", dict], None]
 
@@ -113,7 +114,9 @@ class Trainer:
         x, y = (t.to(self.device) for t in self.data.train)
         self.train_loader = BatchLoader(x, y, config.batch_size, shuffle=True, seed=config.seed, augment=augment)
         self.steps_per_epoch = min(len(self.train_loader), config.limit_train_batches or len(self.train_loader))
-        self.optimizers = self.rule.configure_optimizers(optimizer_factory(config))
+        make_optimizer = OptimizerFactory(config)
+        self.optimizers = self.rule.configure_optimizers(make_optimizer)
+        make_optimizer.check_layer_lrs()
         self.schedulers = make_schedulers(config, self.optimizers, self.steps_per_epoch)
 
         self.out_dir = Path(config.out) if config.out else default_run_dir(config)
@@ -195,7 +198,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        tracker = MetricTracker(self.data.task, self.device)
         seen, data_seconds = 0, 0.0
         batches = iter(self.train_loader)
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -211,7 +214,7 @@ class Trainer:
             if step % cfg.check_finite_every == 0 and not torch.isfinite(result.loss):
                 self.diverged(epoch, step, f"loss is {result.loss.item()}")
             loss_sum += result.loss * len(y)
-            correct += (result.output.argmax(-1) == y).sum()
+            tracker.update(result.output, y)
             seen += len(y)
             bar.update()
         if self.device.type == "cuda":
@@ -225,7 +228,7 @@ class Trainer:
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
+            **tracker.compute("train"),
             **self.evaluate(self.data.test, "test"),
         }
         if self.data.val is not None:
@@ -243,15 +246,15 @@ class Trainer:
     def evaluate(self, split: tuple[torch.Tensor, torch.Tensor], prefix: str, batch_size: int = 1000) -> dict:
         self.rule.eval()
         x_all, y_all = split
-        loss_sum, correct = 0.0, 0
+        loss_sum, tracker = 0.0, MetricTracker(self.data.task, self.device)
         for i in range(0, len(y_all), batch_size):
             x = x_all[i:i + batch_size].to(self.device)
             y = y_all[i:i + batch_size].to(self.device)
             output = self.rule.predict(x)
             loss_sum += self.rule.loss(output, y).item() * len(y)
-            correct += (output.argmax(-1) == y).sum().item()
+            tracker.update(output, y)
         self.rule.train()
-        return {f"{prefix}_loss": loss_sum / len(y_all), f"{prefix}_acc": correct / len(y_all)}
+        return {f"{prefix}_loss": loss_sum / len(y_all), **tracker.compute(prefix)}
 
     def peak_memory_mb(self) -> float:
         """Peak allocated CUDA memory of this epoch, or the process's peak resident set on CPU."""
@@ -276,11 +279,11 @@ class Trainer:
                 if key != "epoch":
                     self.writer.add_scalar(key, value, metrics["epoch"])
         if self.config.progress:
-            val = f"  val {metrics['val_acc']:.4f}" if "val_acc" in metrics else ""
+            val = f"  {headline(metrics, 'val')}" if self.data.val is not None else ""
             tqdm.write(
                 f"[{self.config.algo}] epoch {metrics['epoch']:>3}/{self.config.epochs}  "
-                f"loss {metrics['train_loss']:.4f}  train {metrics['train_acc']:.4f}  "
-                f"test {metrics['test_acc']:.4f}{val}  {metrics['epoch_seconds']:.2f}s",
+                f"loss {metrics['train_loss']:.4f}  {headline(metrics, 'train')}  "
+                f"{headline(metrics, 'test')}{val}  {metrics['epoch_seconds']:.2f}s",
                 file=sys.stderr,
             )
 
@@ -300,8 +303,7 @@ class Trainer:
             "device": describe_device(self.device),
         }
         if self.data.val is not None:
-            best = max(self.history, key=lambda m: m["val_acc"])
-            summary["best_val"] = {"epoch": best["epoch"], "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
+            summary["best_val"] = best_val(self.history)
         return summary
 
 
