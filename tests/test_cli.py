@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from bioplausible import train
 
@@ -62,6 +63,8 @@ def test_resume_continues_an_interrupted_run(tmp_path):
         (["train", "--resume", "/nonexistent/run"], "cannot resume"),
         (["compare", "--algos", "bp,xyz"], "unknown algorithm 'xyz'"),
         (["compare", "--seeds", "a,b"], "'--seeds' must be comma-separated integers"),
+        (["compare", "--algos", "bp,fa", "--set", "kp:lr=0.1"], "'--set kp:...' names a rule that is not compared"),
+        (["compare", "--algos", "bp,kp", "--set", "kp:algo.decy=0.1"], "algorithm 'kp' has no option 'decy'"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line(args, message, tmp_path):
@@ -88,3 +91,16 @@ def test_compare_prints_table_and_writes_csv_markdown_plot(tmp_path):
     assert {(r["algorithm"], r["seed"]) for r in rows} == {("bp", "0"), ("bp", "1"), ("fa", "0"), ("fa", "1")}
     assert (tmp_path / "cmp" / "results.md").read_text().count("|") > 10
     assert (tmp_path / "cmp" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_applies_rule_scoped_settings_to_that_rule_only(tmp_path):
+    """``--set kp:algo.decay=...`` reaches kp's runs; bp, which has no such option, runs unchanged."""
+    run = cli("compare", "--algos", "bp,kp", "--epochs", "1", "--seeds", "0", "--batch-size", "64",
+              "--set", "model.hidden=[16]", "--set", "kp:algo.decay=0.01", "--set", "kp:lr=0.002",
+              "--out", str(tmp_path / "cmp"))
+    assert run.returncode == 0, run.stderr
+    kp = yaml.safe_load((tmp_path / "cmp" / "kp-s0" / "config.yaml").read_text())
+    bp = yaml.safe_load((tmp_path / "cmp" / "bp-s0" / "config.yaml").read_text())
+    assert kp["algo_args"] == {"decay": 0.01} and kp["lr"] == 0.002
+    assert bp["algo_args"] == {} and bp["lr"] != 0.002
+    assert "Per-rule settings: kp: algo.decay=0.01, lr=0.002" in (tmp_path / "cmp" / "results.md").read_text()

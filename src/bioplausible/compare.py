@@ -43,24 +43,50 @@ class ComparisonRow:
         }
 
 
-def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path | None = None) -> tuple[list[ComparisonRow], Path]:
-    """Run every ``algo`` x ``seed`` with ``base`` otherwise unchanged; write CSV, Markdown, PNG."""
-    for algo in algos:
-        ALGORITHMS.get(algo)
+def split_rule_overrides(items: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``--set`` strings for every rule, and those for one rule only, written ``rule:key=value``
+    (``--set sal:lr=1e-3 --set pc:algo.variant=fpa``): rules differ in their options and in the
+    learning rates they tolerate, and a side-by-side table needs each at its own."""
+    shared, per_rule = [], {}
+    for item in items:
+        key = item.partition("=")[0]
+        rule, colon, rest = key.partition(":")
+        if colon:
+            per_rule.setdefault(rule.strip(), []).append(item.split(":", 1)[1])
+        else:
+            shared.append(item)
+    return shared, per_rule
+
+
+def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path | None = None,
+            per_rule: dict[str, list[str]] | None = None) -> tuple[list[ComparisonRow], Path]:
+    """Run every ``algo`` x ``seed`` with ``base`` otherwise unchanged, except for the ``key=value``
+    overrides ``per_rule[algo]`` of that rule; write CSV, Markdown, PNG."""
+    per_rule = per_rule or {}
     if not seeds:
         raise ConfigError("'seeds' must name at least one seed")
+    for algo in algos:
+        ALGORITHMS.get(algo)
+    for algo in per_rule:
+        if algo not in algos:
+            raise ConfigError(f"'--set {algo}:...' names a rule that is not compared; compared: {', '.join(algos)}")
+    configs = {algo: base.with_overrides(per_rule.get(algo, [])) for algo in algos}
+    for algo, config in configs.items():  # a misspelt option fails now, not after hours of other runs
+        config.validate()
+        ALGORITHMS.get(algo).Hyperparameters.from_dict(algo, config.algo_args)
     print(f"comparing {', '.join(algos)} on {base.model}/{base.dataset}, {base.epochs} epochs, "
           f"seeds {','.join(map(str, seeds))}", file=sys.stderr)
     out_dir = out_dir or Path("runs") / f"compare-{base.model}-{base.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache: dict[int, object] = {}
+    cache: dict[tuple, object] = {}
     runs: dict[str, list[RunResult]] = {}
     for algo in algos:
         for seed in seeds:
-            if seed not in cache:  # the same data for every rule; loaded once per seed
-                cache[seed] = load_dataset(base.dataset, base.data_dir, base.val_split, seed)
-            config = base.replace(algo=algo, seed=seed, out=str(out_dir / f"{algo}-s{seed}"), progress=False)
-            result = train(config, data=cache[seed])
+            config = configs[algo].replace(algo=algo, seed=seed, out=str(out_dir / f"{algo}-s{seed}"), progress=False)
+            key = (config.dataset, config.data_dir, config.val_split, seed)
+            if key not in cache:  # the same data for every rule; loaded once per seed
+                cache[key] = load_dataset(*key)
+            result = train(config, data=cache[key])
             final = result.summary["final"]
             print(f"  {algo:<6} seed {seed}: test {100 * final['test_acc']:.2f}%  "
                   f"{result.summary['mean_epoch_seconds']:.3f} s/epoch", file=sys.stderr)
@@ -79,7 +105,7 @@ def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path
         bp_time = statistics.mean(next(r for r in rows if r.algo == "bp").epoch_seconds)
         for row in rows:
             row.time_vs_bp = statistics.mean(row.epoch_seconds) / bp_time
-    write_tables(rows, base, seeds, out_dir)
+    write_tables(rows, base, seeds, out_dir, per_rule)
     plot_learning_curves(runs, base, out_dir / "learning_curves.png")
     return rows, out_dir
 
@@ -92,7 +118,8 @@ def markdown_table(rows: list[ComparisonRow]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(rows: list[ComparisonRow], base: TrainConfig, seeds: list[int], out_dir: Path) -> None:
+def write_tables(rows: list[ComparisonRow], base: TrainConfig, seeds: list[int], out_dir: Path,
+                 per_rule: dict[str, list[str]]) -> None:
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["algorithm", "flags", "seed", "test_acc", "epoch_seconds", "time_vs_bp", "peak_memory_mb"])
@@ -102,6 +129,8 @@ def write_tables(rows: list[ComparisonRow], base: TrainConfig, seeds: list[int],
     heading = (f"# {base.model} on {base.dataset}: {base.epochs} epochs, batch {base.batch_size}, "
                f"{base.optimizer} lr {base.lr}, seeds {','.join(map(str, seeds))}\n\n"
                "Final-epoch test accuracy, mean ± std over seeds.\n\n")
+    if per_rule:
+        heading += "Per-rule settings: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in per_rule.items()) + ".\n\n"
     (out_dir / "results.md").write_text(heading + markdown_table(rows) + "\n")
 
 

@@ -55,6 +55,11 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     check_finite_every: int = 1  # steps between non-finite-loss checks (each one syncs a GPU)
+    # --- multi-process runs under torchrun (training/distributed.py, training/pipeline.py)
+    data_parallel: str = "ddp"  # autograd rules: ddp (DistributedDataParallel) | allreduce (after backward)
+    check_replicas: int = 0  # every K steps compare the rule state across ranks (0: never)
+    layer_parallel: bool = False  # layer-local rules: one stage of units per rank instead of data parallelism
+    pipeline_depth: int = 2  # layer-parallel: micro-batches in flight between two stages
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -76,6 +81,13 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     # ------------------------------------------------------------------ checks
+    def with_overrides(self, overrides: list[str]) -> "TrainConfig":
+        """This configuration with ``key=value`` strings applied (as ``--set`` applies them)."""
+        merged = self.to_dict()
+        for item in overrides:
+            apply_override(merged, item)
+        return TrainConfig.from_dict(merged)
+
     def validate(self) -> None:
         from .algorithms import ALGORITHMS
         from .data import DATASETS
@@ -101,6 +113,9 @@ class TrainConfig:
             require_positive(None, limit_train_batches=self.limit_train_batches)
         if self.num_threads is not None:
             require_positive(None, num_threads=self.num_threads)
+        _choice("data_parallel", self.data_parallel, ("ddp", "allreduce"))
+        require_non_negative(None, check_replicas=self.check_replicas)
+        require_positive(None, pipeline_depth=self.pipeline_depth)
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"'device' must be cpu, cuda or cuda:N, got '{self.device}'")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
