@@ -1,14 +1,20 @@
-"""Reproduce the SAL paper's Table 1 and its speed claim on the 3×200 ReLU MLP, batch 256.
+"""Reproduce the SAL paper's Table 1, Figures 2 and 4 and its speed claim on the 3×200 ReLU MLP,
+batch 256.
 
     python benchmarks/sal_reproduce.py table1 --data-dir ../shared/datasets --epochs 3 --seeds 0
+    python benchmarks/sal_reproduce.py figure2 --data-dir ../shared/datasets --datasets fashion_mnist
+    python benchmarks/sal_reproduce.py figure4 --data-dir ../shared/datasets --datasets fashion_mnist
     python benchmarks/sal_reproduce.py speed --data-dir ../shared/datasets --limit-batches 60
 
 ``table1``: bp (SGD), fa, wm, kp and sal with the same optimizer, learning rate and epochs on
 MNIST and Fashion-MNIST; final-epoch test accuracy next to the paper's numbers. The SAL run of
 the first seed also records :meth:`SelfAssemblingLearning.diagnostics` per epoch and plots
 them. ``speed``: SAL epoch time ÷ BP's at downstream ratios 1, 2, 5, 8, interleaved in one run
-(median over repeats). Both write ``benchmarks/results/sal-<what>-<date>.{json,md}`` with the
-machine, date, torch version and the command.
+(median over repeats). ``figure2``: downstream width ratio × D_d; ``figure4``: which of W̄, V, V̄
+are plastic, against a linear model (both on the first of ``--datasets``; the paper used CIFAR-10,
+SVHN and STL-10, which are not on these machines). All write
+``benchmarks/results/sal-<what>-<date>.{json,md}`` (and a PNG) with the machine, date, torch
+version and the command.
 """
 
 from __future__ import annotations
@@ -98,9 +104,121 @@ def speed(args) -> dict:
     return {"times": times, "table": lines}
 
 
+def _sal_run(args, dataset: str, data, seed: int, algo: str = "sal", **algo_args) -> dict:
+    config = base_config(args, dataset).replace(algo=algo, seed=seed, algo_args=algo_args)
+    try:
+        result = Trainer(config, data=data).fit()
+        return {"test_acc": 100 * result.summary["final"]["test_acc"],
+                "curve": [100 * m["test_acc"] for m in result.history],
+                "epoch_seconds": result.summary["mean_epoch_seconds"]}
+    except DivergenceError as error:
+        return {"test_acc": None, "diverged": str(error)}
+
+
+def _cell(accs: list[float | None]) -> str:
+    accs = [a for a in accs if a is not None]
+    if not accs:
+        return "diverged"
+    return f"{statistics.mean(accs):.2f}" + (f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
+
+
+def figure2(args) -> dict:
+    """Downstream width ratio × downstream activation D_d (paper Figure 2: CIFAR-10, SVHN, STL-10;
+    here the first of ``--datasets``), with SGD on the same MLP as the reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dataset, ratios = args.datasets.split(",")[0], [float(r) for r in args.ratios.split(",")]
+    seeds = list(map(int, args.seeds.split(",")))
+    data = {seed: load_dataset(dataset, args.data_dir, 0.0, seed) for seed in seeds}
+    rows = [{"activation": "sgd", "ratio": None, "seed": seed, **_sal_run(args, dataset, data[seed], seed, "bp")}
+            for seed in seeds]
+    for activation in ("identity", "relu", "tanh"):
+        for ratio in ratios:
+            for seed in seeds:
+                row = _sal_run(args, dataset, data[seed], seed, downstream_ratio=ratio, downstream_activation=activation,
+                               width_scaled_rates=args.width_scaled)
+                rows.append({"activation": activation, "ratio": ratio, "seed": seed, **row})
+                print({k: v for k, v in rows[-1].items() if k != "curve"}, file=sys.stderr)
+    sgd = _cell([r["test_acc"] for r in rows if r["activation"] == "sgd"])
+    lines = [f"Dataset {dataset}; SGD (bp) on the same MLP: {sgd}%.", "",
+             "| D_d | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for activation in ("identity", "relu", "tanh"):
+        cells, means = [], []
+        for ratio in ratios:
+            accs = [r["test_acc"] for r in rows if r["activation"] == activation and r["ratio"] == ratio]
+            cells.append(_cell(accs))
+            ok = [a for a in accs if a is not None]
+            means.append(statistics.mean(ok) if ok else float("nan"))
+        lines.append(f"| {activation} | " + " | ".join(cells) + " |")
+        ax.plot(ratios, means, marker="o", label=f"SAL, D_d = {activation}")
+    sgd_accs = [r["test_acc"] for r in rows if r["activation"] == "sgd" and r["test_acc"] is not None]
+    if sgd_accs:
+        ax.axhline(statistics.mean(sgd_accs), color="gray", linestyle="--", label="SGD")
+    ax.set(xscale="log", xlabel="downstream width / upstream width", ylabel="test accuracy (%)",
+           title=f"SAL downstream width, {dataset}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = RESULTS / f"sal-figure2{'-width-scaled' if args.width_scaled else ''}-{dataset}-{datetime.now():%Y%m%d}.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return {"rows": rows, "table": lines + ["", f"Plot: {png.name}"]}
+
+
+ABLATIONS = {  # paper Figure 4: which connections besides W are plastic
+    "W": {"freeze_wbar": True, "freeze_v": True, "freeze_vbar": True},
+    "W, V̄": {"freeze_wbar": True, "freeze_v": True},
+    "W, W̄": {"freeze_v": True, "freeze_vbar": True},
+    "W, V": {"freeze_wbar": True, "freeze_vbar": True},
+    "W, W̄, V̄": {"freeze_v": True},
+    "W, W̄, V, V̄ (all)": {},
+}
+
+
+def figure4(args) -> dict:
+    """Plasticity ablation (paper Figure 4, CIFAR-10; here the first of ``--datasets``): test
+    accuracy per epoch with only some of W̄, V, V̄ plastic, and a linear model trained with SGD."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dataset = args.datasets.split(",")[0]
+    seeds = list(map(int, args.seeds.split(",")))
+    data = {seed: load_dataset(dataset, args.data_dir, 0.0, seed) for seed in seeds}
+    rows = []
+    for label, switches in ABLATIONS.items():
+        for seed in seeds:
+            rows.append({"variant": label, "seed": seed, **_sal_run(args, dataset, data[seed], seed, **switches)})
+            print({k: v for k, v in rows[-1].items() if k != "curve"}, file=sys.stderr)
+    linear = base_config(args, dataset).replace(algo="bp", model_args={"hidden": []})
+    for seed in seeds:
+        result = Trainer(linear.replace(seed=seed), data=data[seed]).fit()
+        rows.append({"variant": "linear (SGD)", "seed": seed, "test_acc": 100 * result.summary["final"]["test_acc"],
+                     "curve": [100 * m["test_acc"] for m in result.history]})
+    lines = [f"Dataset {dataset}.", "", "| plastic | test acc (%) |", "|---|---|"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label in [*ABLATIONS, "linear (SGD)"]:
+        mine = [r for r in rows if r["variant"] == label]
+        lines.append(f"| {label} | {_cell([r['test_acc'] for r in mine])} |")
+        curves = [r["curve"] for r in mine if "curve" in r]
+        if curves:
+            ax.plot(range(1, len(curves[0]) + 1), [statistics.mean(v) for v in zip(*curves)], marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"SAL plasticity ablation, {dataset}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = RESULTS / f"sal-figure4-{dataset}-{datetime.now():%Y%m%d}.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return {"rows": rows, "table": lines + ["", f"Plot: {png.name}"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["table1", "speed"])
+    parser.add_argument("what", choices=["table1", "speed", "figure2", "figure4"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--datasets", default="mnist,fashion_mnist")
     parser.add_argument("--algos", default="bp,fa,wm,kp,sal")
@@ -111,16 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--limit-batches", type=int, default=None, help="cap batches per epoch")
+    parser.add_argument("--ratios", default="0.5,1,2,5,8", help="figure2: downstream width ratios")
+    parser.add_argument("--width-scaled", action="store_true",
+                        help="figure2: divide the cross-stream rates by the width ratio (algo.width_scaled_rates)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    result = table1(args) if args.what == "table1" else speed(args)
+    result = {"table1": table1, "speed": speed, "figure2": figure2, "figure4": figure4}[args.what](args)
     now = datetime.now()
     command = " ".join(["python", "benchmarks/sal_reproduce.py", *(argv or sys.argv[1:])])
     meta = {"date": now.isoformat(timespec="seconds"), "machine": describe_device("cpu"), "torch": torch.__version__,
             "bioplausible": __version__, "command": command}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"sal-{args.what}-{now:%Y%m%d}"
+    stem = RESULTS / f"sal-{args.what}{'-width-scaled' if args.width_scaled else ''}-{now:%Y%m%d}"
     stem.with_suffix(".json").write_text(json.dumps({**meta, **result}, indent=2))
     header = [f"# SAL {args.what}: 3×200 ReLU MLP, batch 256, SGD lr {args.lr} momentum {args.momentum}, "
               f"{args.epochs} epoch(s)", "", f"{meta['date']} · {meta['machine']} · torch {meta['torch']}",

@@ -106,6 +106,24 @@ def test_any_downstream_width_runs(ratio, gate):
     assert all(torch.isfinite(p).all() for p in sal.parameters())
 
 
+def test_width_scaled_rates_divide_the_cross_stream_steps_by_the_ratio():
+    """With ``width_scaled_rates`` the W̄, V, V̄ steps (and their decay) are those of rates / r,
+    while W's are unchanged: compared against the unscaled rule with the ratios set by hand."""
+    ratio, lr, decay = 4, 0.1, 0.5
+    runs = []
+    for options in ({"width_scaled_rates": True}, {"wbar_lr_ratio": 1 / ratio, "v_lr_ratio": 1 / ratio, "vbar_lr_ratio": 1 / ratio}):
+        sal = create_algorithm("sal", relu_mlp(), downstream_ratio=ratio, decay=decay, **options)
+        sal.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=lr))
+        sal.train_step(*batch(sal.model))
+        runs.append(sal)
+    for (name, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    unscaled = create_algorithm("sal", relu_mlp(), downstream_ratio=ratio, decay=decay)
+    unscaled.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=lr))
+    unscaled.train_step(*batch(unscaled.model))
+    assert not torch.equal(unscaled.levels[0].v, runs[0].levels[0].v)
+
+
 def test_frozen_matrices_are_buffers_and_everything_is_checkpointed():
     sal = create_algorithm("sal", relu_mlp(), freeze_wbar=True, freeze_vbar=True)
     level = sal.levels[0]

@@ -66,6 +66,11 @@ class SALHyperparameters(Hyperparameters):
     freeze_vbar: bool = False
     init_scale: float = 1.0  # V, V̄ ~ N(0, init_scale² / fan_in)
     cross_init: str = "random"  # or "identity": V = V̄ = I (needs downstream_ratio = 1)
+    # Divide η_W̄, η_V, η_V̄ by the downstream ratio r. V, V̄ entries scale as 1/√(fan-in) while
+    # their Hebbian updates do not, so at a fixed rate a wider downstream pathway changes them
+    # relatively faster and the W̄ ↔ V loop diverges (measured: every r ≥ 2 at SGD lr 0.002,
+    # momentum 0.9, on Fashion-MNIST; with rates / r, r = 5 trains). Not in the paper.
+    width_scaled_rates: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,14 +81,15 @@ class SALHyperparameters(Hyperparameters):
                                     ("cross_init", self.cross_init, CROSS_INITS)):
             if value not in choices:
                 raise ConfigError(f"sal: unknown {key} '{value}'; available: {', '.join(choices)}")
-        for key in ("freeze_wbar", "freeze_v", "freeze_vbar"):
+        for key in ("freeze_wbar", "freeze_v", "freeze_vbar", "width_scaled_rates"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"sal: '{key}' must be true or false, got {getattr(self, key)!r}")
         if self.cross_init == "identity" and self.downstream_ratio != 1:
             raise ConfigError(f"sal: cross_init 'identity' needs downstream_ratio 1, got {self.downstream_ratio}")
 
     def lr_ratio(self, kind: str) -> float:
-        return getattr(self, f"{kind}_lr_ratio")
+        ratio = getattr(self, f"{kind}_lr_ratio")
+        return ratio / self.downstream_ratio if self.width_scaled_rates else ratio
 
     def frozen(self, kind: str) -> bool:
         return getattr(self, f"freeze_{kind}")
