@@ -49,6 +49,9 @@ PAPER = {
 RULE_SETTINGS: dict[str, list[str]] = {
     "dll": ["algo.loss=mse"],  # the paper's DLL output layer is linear with an MSE error (eq. 7)
     "dll_fa": ["algo.loss=mse"],
+    # R-STDP's STDP/anti-STDP rates (BASELINES.md section 6, algorithms/rstdp.py) are the
+    # paper's only when plain SGD applies them at unit rate.
+    "rstdp": ["optimizer=sgd", "lr=1.0", "momentum=0.0"],
 }
 
 PRESETS = {"mnist": "configs/dll/mlp_mnist.yaml", "fashion_mnist": "configs/dll/mlp_fashion_mnist.yaml"}
