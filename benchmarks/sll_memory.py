@@ -25,7 +25,7 @@ import torch
 from bioplausible import __version__
 from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
-from bioplausible.training.memory import SavedBytes
+from bioplausible.training.memory import step_memory
 from bioplausible.training.trainer import describe_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,18 +45,7 @@ def measure(arch: str, algo: str, depth: int, batch: int, device: torch.device) 
     rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.01))  # as the paper's Figure 2
     x = torch.randn(batch, *model.input_shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    rule.train_step(x, y)  # warm-up: gradients and optimizer state exist before the measured step
-    meter = SavedBytes(rule)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
-        rule.train_step(x, y)
-    row = {"arch": arch, "algo": algo, "depth": depth, "saved_mb": meter.peak / 2**20}
-    if device.type == "cuda":
-        row["cuda_peak_above_baseline_mb"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    return row
+    return {"arch": arch, "algo": algo, "depth": depth, **step_memory(rule, x, y)}
 
 
 def plot(rows: list[dict], path: Path) -> None:

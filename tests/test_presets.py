@@ -19,6 +19,7 @@ def test_presets_exist():
 def test_preset_is_valid(path):
     config = load_config(path)
     shapes = {"mnist": (1, 28, 28), "mnist_raw": (1, 28, 28), "fashion_mnist": (1, 28, 28), "kmnist": (1, 28, 28),
-              "svhn": (3, 32, 32), "cifar10": (3, 32, 32), "digits": (1, 8, 8)}
+              "svhn": (3, 32, 32), "cifar10": (3, 32, 32), "digits": (1, 8, 8),
+              "tinyshakespeare": (64,), "exchange_rate": (32, 8)}
     model = create_model(config.model, shapes[config.dataset], 10, **config.model_args)
     create_algorithm(config.algo, model, **config.algo_args)  # options are checked here

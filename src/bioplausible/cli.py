@@ -38,11 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--out", help="run directory (default runs/<algo>-<model>-<dataset>-s<seed>-<time>)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    # Multi-process runs (launch with torchrun; README, "Multi-process and multi-GPU runs").
+    train.add_argument("--check-replicas", type=int, dest="check_replicas", metavar="K",
+                       help="under torchrun: every K steps check that all ranks hold the same rule state")
+    train.add_argument("--layer-parallel", action="store_const", const=True, dest="layer_parallel",
+                       help="under torchrun: split a layer-local rule's units across ranks (pipeline)")
+    train.add_argument("--pipeline-depth", type=int, dest="pipeline_depth", metavar="D",
+                       help="micro-batches in flight between pipeline stages (default 2)")
 
     compare = sub.add_parser("compare", help="train several rules on the same data and seeds; print a table")
     compare.add_argument("--algos", default="bp,fa,dfa,kp,wm", help="comma-separated rules (default bp,fa,dfa,kp,wm)")
     _add_run_options(compare, defaults)
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    compare.epilog = "--set RULE:KEY=VALUE applies to that rule's runs only, e.g. --set sal:lr=1e-3"
     compare.add_argument("--out", help="output directory (default runs/compare-<model>-<dataset>-<time>)")
 
     listing = sub.add_parser("list", help="list algorithms, models or datasets")
@@ -51,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_values(args: argparse.Namespace) -> dict:
-    keys = ("algo", "model", "dataset", "epochs", "batch_size", "lr", "device", "data_dir", "seed", "out")
+    keys = ("algo", "model", "dataset", "epochs", "batch_size", "lr", "device", "data_dir", "seed", "out",
+            "check_replicas", "layer_parallel", "pipeline_depth")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -59,17 +68,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config
     from .training import resume, train
 
-    if args.resume:
-        result = resume(args.resume)
-    else:
-        result = train(load_config(args.config, args.set, **_run_values(args)))
+    from .training.distributed import teardown
+
+    try:
+        if args.resume:
+            result = resume(args.resume)
+        else:
+            result = train(load_config(args.config, args.set, **_run_values(args)))
+    finally:
+        teardown()  # under torchrun: leave the process group (no-op in a single process)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # every rank has the same result; rank 0 reports it
     final = result.summary["final"]
+    score = (f"test accuracy {100 * final['test_acc']:.2f}%" if "test_acc" in final
+             else f"test MSE {final['test_mse']:.5f}, MAE {final['test_mae']:.5f}")
     print(f"{result.summary['algo']} on {result.summary['model']}/{result.summary['dataset']}: "
-          f"test accuracy {100 * final['test_acc']:.2f}% after {final['epoch']} epochs -> {result.out_dir}")
+          f"{score} after {final['epoch']} epochs -> {result.out_dir}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .compare import compare, markdown_table
+    from .compare import compare, markdown_table, split_rule_overrides
     from .config import load_config
     from .errors import ConfigError
 
@@ -80,8 +98,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise ConfigError(f"'--seeds' must be comma-separated integers, got '{args.seeds}'") from None
     values = _run_values(args)
     out = values.pop("out", None)
-    base = load_config(args.config, args.set, **values)
-    rows, out_dir = compare(algos, base, seeds, Path(out) if out else None)
+    shared, per_rule = split_rule_overrides(args.set)
+    base = load_config(args.config, shared, **values)
+    rows, out_dir = compare(algos, base, seeds, Path(out) if out else None, per_rule)
     print(markdown_table(rows))
     print(f"\ntables and learning curves: {out_dir}/results.md, results.csv, learning_curves.png")
 

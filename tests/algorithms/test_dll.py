@@ -123,10 +123,3 @@ def test_bad_settle_options_are_named():
         create_algorithm("dll", small_mlp(), settle_steps=-1)
     with pytest.raises(ConfigError, match="'eta_x' must be positive"):
         create_algorithm("dll", small_mlp(), eta_x=0.0)
-
-
-def test_recurrent_models_are_refused_until_appendix_b_is_implemented():
-    from bioplausible.models import create_model
-
-    with pytest.raises(ConfigError, match="recurrent form of DLL"):
-        create_algorithm("dll", create_model("elman_rnn", (5, 3), 4))

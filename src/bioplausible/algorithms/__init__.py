@@ -25,7 +25,7 @@ def list_algorithms() -> list[str]:
 
 
 # Importing a rule's module registers it: every module of this package except the shared plumbing.
-_PLUMBING = {"base", "feedback", "layerwise"}
+_PLUMBING = {"base", "feedback", "layerwise", "auxiliary"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _PLUMBING and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -157,6 +157,10 @@ class LearningRule(nn.Module):
         return StepResult(loss.detach(), output.detach())
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.is_floating_point():  # regression targets: squared error whatever hp.loss says
+            return 0.5 * (output - y).pow(2).sum(-1).mean()
+        if output.dim() == 3:  # per-step scores [B, T, C], targets [B, T]: every step is a prediction
+            output, y = output.flatten(0, 1), y.flatten()
         if self.hp.loss == "ce":
             return F.cross_entropy(output, y)
         # MSE against one-hot targets, summed over classes, averaged over the batch.

@@ -26,9 +26,9 @@ wrong elements there; their MLP never updates Θ at all).
 
 The per-layer form is exact when every layer's input feeds that layer alone (MLPs and the
 paper's CNNs): the error at the input is then the apical ``ξ_i`` of eq. (9). In a recurrent net
-``h_t`` feeds both ``W_y`` and ``W_h``, and (9) pairs ``g`` with the *total* ``ξ^h_t``, so the
-RNN form (Appendix B, eqs. 10-30) needs its own loop; it is not implemented yet and
-:meth:`supports` refuses recurrent models rather than computing something else.
+``h_t`` feeds both ``W_y`` and ``W_h``, and (27) pairs ``ξ^y_t`` with the *total* ``ξ^h_t``, so
+for an :class:`ElmanRNN` the rule runs the hand-written loop over time of Appendix B
+(eqs. 10-30, ``dll_rnn.py``) with Θ_y and Θ_h, instead of rewiring layers.
 
 ``dll_fa`` is the paper's DLL-FA ablation (Table 3): Θ random and frozen.
 """
@@ -44,6 +44,7 @@ from torch import nn
 from ..errors import ConfigError, require_positive
 from . import register_algorithm
 from .base import Hyperparameters, LearningRule, Plausibility, StepResult
+from .dll_rnn import RecurrentDLL
 from .feedback import random_like_weight, rewire, trainable_layers, without
 
 
@@ -73,29 +74,33 @@ class DendriticLocalizedLearning(LearningRule):
     Hyperparameters = DLLHyperparameters
     plastic_theta = True
 
-    @classmethod
-    def supports(cls, model: nn.Module) -> str | None:
+    def __init__(self, model, **hyperparameters):
         from ..models.rnn import ElmanRNN
 
-        if isinstance(model, ElmanRNN):
-            return "the recurrent form of DLL (Appendix B) is not implemented yet"
-        return None
-
-    def __init__(self, model, **hyperparameters):
         super().__init__(model, **hyperparameters)
+        if isinstance(model, ElmanRNN):
+            self.layers = []
+            self.recurrent = RecurrentDLL(model.cell, self.plastic_theta, self.hp.settle_steps, self.hp.eta_x)
+            self.thetas = [self.recurrent.theta_y, self.recurrent.theta_h]
+            self.update_kind = "manual"  # the loop over time writes .grad itself, no backward()
+            return
+        self.recurrent = None
         self.layers = rewire(model, random_like_weight, plastic=self.plastic_theta,
                              learning="apical" if self.plastic_theta else None, skip_first=True)
+        self.thetas = [layer.feedback for layer in self.layers]
         if self.hp.settle_steps:
             self.check_layer_params_only()
 
     def param_groups(self) -> list[dict]:
-        groups = without(super().param_groups(), [layer.feedback for layer in self.layers])
-        if self.plastic_theta and self.layers:
+        groups = without(super().param_groups(), self.thetas)
+        if self.plastic_theta and self.thetas:
             theta = {"lr": self.hp.theta_lr} if self.hp.theta_lr is not None else {"lr_scale": 0.1}
-            groups.append({"name": "theta", "params": [layer.feedback for layer in self.layers], **theta})
+            groups.append({"name": "theta", "params": self.thetas, **theta})
         return groups
 
     def compute_updates(self, x, y) -> StepResult:
+        if self.recurrent is not None:
+            return self.recurrent.compute_updates(self, x, y)
         batch = len(y)
         if self.hp.settle_steps:
             result = self.settled_updates(x, y)

@@ -10,6 +10,8 @@ Typical use::
             ...
 """
 
+import importlib
+
 from .augment import BatchAugment
 from .datasets import (
     DATASETS,
@@ -22,9 +24,9 @@ from .datasets import (
 )
 from .loader import BatchLoader
 
-# Imported for their registrations.
-from . import imagefolder as _imagefolder  # noqa: E402,F401
-from . import vision as _vision  # noqa: E402,F401
+# Importing a loader module registers its datasets.
+for _module in ("vision", "imagefolder", "sequences"):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
     "DATASETS",

@@ -4,6 +4,11 @@
 (eqs. 10-30) and D.2.3 (DLL-RNNs). ``W_x`` (carrying ``b``), ``W_h`` (no bias) and ``W_y`` are
 plain ``nn.Linear`` modules so that rules which rewire linear layers, and DLL's per-step errors,
 can reach each of them by name.
+
+Inputs are ``[B, T, D]`` sequences, images read row by row, or ``[B, T]`` integer tokens
+(``input_shape == (T,)``), one-hot encoded over ``num_classes`` symbols inside the model: in
+next-symbol prediction the input and output alphabets are the same, and the data stays at one
+integer per character.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ShapeError
@@ -41,7 +47,9 @@ class ElmanCell(nn.Module):
         self.input_shape = input_shape
         self.hidden_size = hidden
         self.readout = readout
-        if len(input_shape) == 2:  # (T, D)
+        if len(input_shape) == 1:  # (T,): tokens, one-hot over the output alphabet
+            steps, features = input_shape[0], num_classes
+        elif len(input_shape) == 2:  # (T, D)
             steps, features = input_shape
         else:  # (C, H, W): one image row per step
             c, steps, w = input_shape
@@ -53,7 +61,9 @@ class ElmanCell(nn.Module):
         self.act = make_activation(activation)
 
     def to_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, T, D]`` from a batch of ``input_shape`` examples (images row by row)."""
+        """``[B, T, D]`` from a batch of ``input_shape`` examples (images row by row, tokens one-hot)."""
+        if not x.is_floating_point():
+            return F.one_hot(x, self.input_size).to(self.W_x.weight.dtype)
         if x.dim() == 4:  # [B, C, H, W] -> [B, H, C*W]: step t sees row t of every channel
             return x.permute(0, 2, 1, 3).reshape(x.shape[0], self.steps, self.input_size)
         return x
@@ -115,14 +125,15 @@ def elman_rnn(
 ) -> ElmanRNN:
     """Elman RNN ``h_t = f(W_h h_{t-1} + W_x x_t + b)``, ``y_t = W_y h_t`` (DLL, Appendix B, D.2.3).
 
-    ``input_shape`` is ``(T, D)`` (inputs ``[B, T, D]``) or an image ``(C, H, W)`` read as ``H``
-    steps of ``C*W`` features. ``W_y`` has no bias by default, as in DLL's equations;
+    ``input_shape`` is ``(T, D)`` (inputs ``[B, T, D]``), ``(T,)`` (integer tokens ``[B, T]``,
+    one-hot over ``num_classes`` symbols) or an image ``(C, H, W)`` read as ``H`` steps of
+    ``C*W`` features. ``hidden=324`` is the paper's size for text (D.2.3). ``W_y`` has no bias by default, as in DLL's equations;
     ``output_bias=True`` adds one.
     """
     shape = check_input_shape(input_shape, "elman_rnn")
-    if len(shape) not in (2, 3):
+    if len(shape) not in (1, 2, 3):
         raise ShapeError(
-            f"elman_rnn expects input_shape (T, D) or an image (C, H, W), got {tuple(shape)}"
+            f"elman_rnn expects input_shape (T,) tokens, (T, D) or an image (C, H, W), got {tuple(shape)}"
         )
     num_classes = check_num_classes(num_classes)
     hidden = positive_int(hidden, "elman_rnn: hidden")

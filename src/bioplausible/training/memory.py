@@ -47,3 +47,22 @@ class SavedBytes:
     @staticmethod
     def unpack(packed):
         return packed[1]
+
+
+def step_memory(rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Memory of one training step of ``rule`` (after a warm-up step, so gradients and optimizer
+    state already exist): peak autograd-saved MiB, and on CUDA the peak allocation above the
+    baseline before the step."""
+    rule.train_step(x, y)  # warm-up
+    meter = SavedBytes(rule)
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(x.device)
+        before = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        rule.train_step(x, y)
+    row = {"saved_mb": meter.peak / 2**20}
+    if cuda:
+        row["cuda_peak_above_baseline_mb"] = (torch.cuda.max_memory_allocated(x.device) - before) / 2**20
+    return row

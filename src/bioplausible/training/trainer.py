@@ -37,6 +37,7 @@ from ..models import create_model
 from .checkpoint import load_checkpoint, save_atomic
 from .metrics import MetricTracker, best_val, headline
 from .optim import OptimizerFactory, make_schedulers
+from . import distributed
 
 EpochCallback = Callable[["Trainer", dict], None]
 
@@ -101,6 +102,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.device = resolve_device(config.device)
+        # distributed: rank and world from torchrun's environment (a no-op in a single process)
+        self.dist = distributed.setup(config.device, config.num_threads, config.check_replicas)
+        self.device = self.dist.device
         seed_everything(config.seed)
 
         self.data = data or load_dataset(config.dataset, config.data_dir, config.val_split, config.seed)
@@ -112,14 +116,17 @@ class Trainer:
             augment = BatchAugment(crop_padding=config.crop_padding if "crop" in config.augment else 0,
                                    flip="flip" in config.augment)
         x, y = (t.to(self.device) for t in self.data.train)
-        self.train_loader = BatchLoader(x, y, config.batch_size, shuffle=True, seed=config.seed, augment=augment)
+        self.train_loader = BatchLoader(x, y, config.batch_size, shuffle=True, seed=config.seed, augment=augment,
+                                        **self.dist.shard(config))  # distributed: this rank's shard
         self.steps_per_epoch = min(len(self.train_loader), config.limit_train_batches or len(self.train_loader))
         make_optimizer = OptimizerFactory(config)
         self.optimizers = self.rule.configure_optimizers(make_optimizer)
         make_optimizer.check_layer_lrs()
         self.schedulers = make_schedulers(config, self.optimizers, self.steps_per_epoch)
+        # distributed: data parallelism, or a pipeline stage with --layer-parallel (else None)
+        self.pipeline = self.dist.parallelize(self)
 
-        self.out_dir = Path(config.out) if config.out else default_run_dir(config)
+        self.out_dir = self.dist.broadcast_object(Path(config.out) if config.out else default_run_dir(config))
         self.config = config = config.replace(out=str(self.out_dir))
         self.history: list[dict] = []
         self.start_epoch = 0
@@ -163,16 +170,20 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.history = list(state["history"])
         self.start_epoch = state["epoch"] + 1
+        if self.pipeline is not None:  # distributed: every stage continues its own RNG stream
+            self.pipeline.restore_rng(state)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> RunResult:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        # Rewrite the metrics file from the restored history: epochs after the checkpoint are
-        # dropped, so a resumed run's file equals an uninterrupted one.
-        with open(self.out_dir / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in self.history)
-        if self.config.tensorboard:
+        main = self.dist.is_main  # distributed: only rank 0 writes files
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            # Rewrite the metrics file from the restored history: epochs after the checkpoint are
+            # dropped, so a resumed run's file equals an uninterrupted one.
+            with open(self.out_dir / "metrics.jsonl", "w") as f:
+                f.writelines(json.dumps(m) + "\n" for m in self.history)
+        if self.config.tensorboard and main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=self.start_epoch)
@@ -180,18 +191,27 @@ class Trainer:
             for epoch in range(self.start_epoch, self.config.epochs):
                 metrics = self.run_epoch(epoch)
                 self.history.append(metrics)
+                state = self.state(epoch)
+                if self.pipeline is not None:  # distributed: rank 0 gathers every stage's state
+                    state = self.pipeline.gather_state(state)
+                if not main:
+                    continue
                 self.log(metrics)
-                save_atomic(self.state(epoch), self.out_dir / "checkpoint.pt")
+                save_atomic(state, self.out_dir / "checkpoint.pt")
                 for callback in self.callbacks:
                     callback(self, metrics)
         finally:
             if self.writer is not None:
                 self.writer.close()
         summary = self.summary()
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary.update(self.dist.describe(self.pipeline))  # distributed: world size, mode, stages
+        if main:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return RunResult(self.out_dir, summary, list(self.history))
 
     def run_epoch(self, epoch: int) -> dict:
+        if self.pipeline is not None:  # distributed: --layer-parallel streams through the stages
+            return self.pipeline.run_epoch(self, epoch)
         cfg = self.config
         self.rule.train()
         self.train_loader.set_epoch(epoch)
@@ -221,6 +241,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         epoch_seconds = time.perf_counter() - start
         bar.close()
+        seen = self.dist.sum_train_metrics(loss_sum, tracker, seen)  # distributed: over all shards
         for name, p in self.rule.state_dict().items():
             if p.is_floating_point() and not torch.isfinite(p).all():
                 self.diverged(epoch, self.steps_per_epoch - 1, f"'{name}' has non-finite values")

@@ -1,0 +1,88 @@
+"""Seconds per training batch of BP, DGL, InfoPro, AugLocal and MLAAN on ResNet-32 (K=16), and
+each rule's ratio to BP measured in the same run (issue #7: target MLAAN ≤ 4× BP; the authors'
+code costs about 10-13× BP on a 2-core CPU).
+
+    python benchmarks/mlaan_speed.py                       # batch 128, CIFAR-shaped, 1 thread
+    python benchmarks/mlaan_speed.py --batch 64 --repeats 5
+
+Rules are timed round-robin (one step of each in turn, ``repeats`` rounds after a warm-up round)
+so that load from other processes falls on all of them alike; the median per rule is reported.
+Writes ``benchmarks/results/mlaan-speed-<date>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from bioplausible.algorithms import create_algorithm
+from bioplausible.models import create_model
+from bioplausible.training.trainer import describe_device
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RULES = [("bp", {}), ("dgl", {}), ("infopro", {}), ("auglocal", {}), ("mlaan(dgl)", {"base": "dgl"}),
+         ("mlaan(infopro)", {"base": "infopro"}), ("mlaan(dgl) MLM only", {"base": "dgl", "lam": False}),
+         ("mlaan(dgl) LAM only", {"base": "dgl", "mlm": False})]
+
+
+def build(label: str, options: dict, net: str, modules: int, device):
+    torch.manual_seed(0)
+    model = create_model(net, (3, 32, 32), 10).to(device)
+    algo = label.split("(")[0]
+    rule = create_algorithm(algo, model, **({} if algo == "bp" else {"modules": modules, **options})).to(device)
+    rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.01, momentum=0.9, nesterov=True))
+    return rule
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--net", default="resnet32")
+    parser.add_argument("--modules", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rules = {label: build(label, options, args.net, args.modules, device) for label, options in RULES}
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    times: dict[str, list[float]] = {label: [] for label in rules}
+    for round_ in range(args.repeats + 1):
+        for label, rule in rules.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            rule.train_step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_:  # round 0 is the warm-up
+                times[label].append(time.perf_counter() - start)
+        print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v), flush=True)
+    median = {label: statistics.median(t) for label, t in times.items()}
+    meta = {"command": "python " + " ".join(sys.argv), "device": describe_device(device),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "batch": args.batch,
+            "net": args.net, "modules": args.modules, "repeats": args.repeats}
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"mlaan-speed-{datetime.now(timezone.utc):%Y-%m-%d}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "seconds": times, "median": median}, indent=1))
+    lines = [f"# Seconds per training batch, {args.net} K={args.modules}, batch {args.batch}", "",
+             f"Device: {meta['device']}. Date: {meta['date']}. Command: `{meta['command']}`.",
+             f"Median of {args.repeats} round-robin steps after a warm-up round; the machine is shared with "
+             "other jobs, so absolute seconds are indicative; the ratios (same run, interleaved steps) are the figure to read.", "",
+             "| rule | s / batch | ÷ BP |", "|---|---|---|"]
+    lines += [f"| {label} | {median[label]:.3f} | {median[label] / median['bp']:.2f} |" for label in rules]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""MLAAN: Multilaminar Leap Augmented Auxiliary Network (paper
+``mlaan_leap_augmented_auxiliary_network.txt``), on top of DGL's or InfoPro's auxiliary networks
+(``base = "dgl" | "infopro"``; the paper's "DGL*" and "InfoPro*"). The paper's equations (3)-(8)
+were lost in extraction; this follows ALGORITHMS.md (last section), read from the text and code.
+
+The backbone is split into K gradient-isolated modules ``f_θj`` as in DGL (:mod:`.dgl`). Two
+additions:
+
+**MLM, Multilaminar Local Modules.** Besides its *independent* auxiliary ``g_γj`` (the base's head,
+eqs. (1)-(2)), module j is trained through *cascaded windows*: for each window of ``k`` consecutive
+modules ending at ``n`` (stride 1, ``k = window = 3``), the window's output
+``f_n ∘ ... ∘ f_{n-k+1}(sg(x_{n-k}))`` feeds a cascade auxiliary ``h_βn``, and its loss is
+backpropagated through the whole window (and no further). Windows end at ``n = k-1 .. K-2``; the
+last module is trained by the model's own classifier. The module's update mixes the two levels,
+
+    Δθ_j ∝ a · ∇_θj L(g_γj) + (1 − a) · Σ_{windows n ∋ j} ∇_θj L(h_βn),   a = 0.001,
+
+while each auxiliary network follows its own loss unweighted (eqs. (9), (11)). The weights are
+applied where a loss enters the backbone (:func:`auxiliary.scale_grad`), so ``a`` does not slow
+the heads. A network with ``K ≤ k`` modules uses windows of ``K − 1`` modules.
+
+**LAM, Leap Augmented Modules.** An auxiliary that starts with copies of the backbone's own later
+blocks, so the module is judged by the network's deeper structure rather than by a small head.
+For the module whose last block is ``s``: an EMA copy of block ``s + M`` (``M`` = distance to the
+first block of the next stage, 1 inside the last stage), updated after every step by
+
+    γ ← μ γ + (1 − μ) θ_{s+M},   μ = 0.995                                         (10)
+
+(parameters only; no gradient ever reaches it), then trainable copies of the first block of every
+later stage, initialised from the backbone, then GAP + Linear. With InfoPro as the base, LAM
+replaces the task head and the decoder stays. ``lam_head`` chooses where LAM sits: the
+independent auxiliary (the paper's eqs. (9)-(10) put the EMA in ``γ_s``) or the cascade auxiliary
+(the authors' code); ``"auto"`` is the cascade when MLM is on and the independent one otherwise.
+``mlm`` and ``lam`` switch the two parts off for the ablation (Table 4); with both off the rule
+is exactly its base (tested).
+
+**Schedule, and what is shared.** The authors recompute every window from its detached input.
+All forwards of one step use the same (pre-step) parameters, so a window's recomputation equals
+the modules' own forward: here each module runs forward once, keeps its graph (with its input as a
+leaf) while a pending window still needs it, and each window's gradient is pushed down through its
+``k`` modules by vector-Jacobian products (``backward(inputs=...)``), stopping at the window's
+first module. A module's optimizer steps once the last window containing it has run; its graph
+is freed then. So memory holds ``k`` modules' graphs instead of DGL's one, and the cost is one
+forward plus ``k + 1`` backward passes per module instead of the authors' ``k + 1`` of each.
+:meth:`reference_losses` is the authors' recomputing form, used by the tests as the oracle.
+
+Plausibility flags (ALGORITHMS.md criteria):
+
+* C1 ✗: errors travel through the transposed weights of the auxiliaries and of the modules of a
+  window.
+* C2 ✗: a cascade window sends its error back through ``k`` modules (6 conv layers of a ResNet
+  for k = 3): not a global error, but not local to a layer or module either.
+* C3 ✗: forward and backward phases are separate, as for DGL.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register_algorithm
+from ..errors import ConfigError
+from .auxiliary import (AuxHyperparameters, Auxiliary, AuxiliaryRule, Decoder, check_pair, dgl_head,
+                        infopro_head, pooled_classifier, scale_grad, stage_starts)
+from .base import Plausibility, StepResult
+from .infopro import infopro_weights
+
+BASES = ("dgl", "infopro")
+LAM_HEADS = ("auto", "independent", "cascade")
+
+
+@dataclass
+class MLAANHyperparameters(AuxHyperparameters):
+    base: str = "dgl"  # whose auxiliary networks: dgl | infopro
+    mlm: bool = True  # cascaded windows (Multilaminar Local Modules)
+    lam: bool = True  # EMA-augmented auxiliaries (Leap Augmented Modules)
+    lam_head: str = "auto"  # where LAM sits: independent | cascade | auto
+    window: int = 3  # k: modules per cascade window
+    a: float = 0.001  # weight of the independent loss in the module's update; 1 − a for the windows
+    ema_decay: float = 0.995  # μ of the EMA copy
+    head_width: int | None = None  # the base head's hidden width; None: the base's default
+    recon_weight: list = field(default_factory=lambda: [5.0, 0.2])  # InfoPro base: λ1 over modules
+    task_weight: list = field(default_factory=lambda: [0.05, 0.5])  # InfoPro base: λ2 over modules
+    decoder_width: int = 12  # InfoPro base: decoder channels
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.base not in BASES:
+            raise ConfigError(f"mlaan: unknown base '{self.base}'; options: {', '.join(BASES)}")
+        if self.lam_head not in LAM_HEADS:
+            raise ConfigError(f"mlaan: unknown lam_head '{self.lam_head}'; options: {', '.join(LAM_HEADS)}")
+        for name in ("mlm", "lam"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"mlaan: '{name}' must be true or false, got {getattr(self, name)!r}")
+        if self.lam_head == "cascade" and not self.mlm:
+            raise ConfigError("mlaan: lam_head='cascade' needs mlm=true (without MLM there is no cascade auxiliary)")
+        if isinstance(self.window, bool) or not isinstance(self.window, numbers.Integral) or self.window < 1:
+            raise ConfigError(f"mlaan: 'window' must be a positive integer, got {self.window!r}")
+        for name in ("a", "ema_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+                raise ConfigError(f"mlaan: '{name}' must be in [0, 1], got {value!r}")
+        if self.head_width is not None and (isinstance(self.head_width, bool) or not isinstance(self.head_width, numbers.Integral)
+                                            or self.head_width < 0):
+            raise ConfigError(f"mlaan: 'head_width' must be a non-negative integer or null, got {self.head_width!r}")
+        check_pair("mlaan", "recon_weight", self.recon_weight)
+        check_pair("mlaan", "task_weight", self.task_weight)
+        if isinstance(self.decoder_width, bool) or not isinstance(self.decoder_width, numbers.Integral) or self.decoder_width < 1:
+            raise ConfigError(f"mlaan: 'decoder_width' must be a positive integer, got {self.decoder_width!r}")
+
+
+class LeapHead(nn.Module):
+    """LAM's classifier: EMA copy of backbone block ``source``, trainable copies of later blocks,
+    GAP + Linear. ``source`` is an index into ``model.blocks``, not a submodule, so the backbone's
+    parameters are not counted twice."""
+
+    def __init__(self, model: nn.Module, source: int, later: list[int], shape: tuple[int, ...]):
+        super().__init__()
+        self.source = source
+        self.ema = copy.deepcopy(model.blocks[source]).requires_grad_(False)
+        self.copies = nn.Sequential(*(copy.deepcopy(model.blocks[b]) for b in later))
+        self.out = nn.Sequential(*pooled_classifier(shape, model.num_classes))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(self.copies(self.ema(h)))
+
+
+@register_algorithm("mlaan")
+class MLAAN(AuxiliaryRule):
+    """MLAAN: DGL/InfoPro modules plus cascaded windows (MLM) and EMA-augmented auxiliaries (LAM)."""
+
+    name = "mlaan"
+    flags = Plausibility(no_weight_transport=False, local_errors=False, no_separate_phases=False)
+    Hyperparameters = MLAANHyperparameters
+
+    def __init__(self, model, **hyperparameters):
+        super().__init__(model, **hyperparameters)
+        hp = self.hp
+        param = next(model.parameters())
+        n_aux = len(self.units) - 1
+        self.k = min(hp.window, n_aux) if hp.mlm else 0
+        self.window_ends = list(range(self.k - 1, n_aux)) if self.k else []
+        lam_at = None
+        if hp.lam:
+            lam_at = hp.lam_head if hp.lam_head != "auto" else ("cascade" if hp.mlm else "independent")
+        self.lam_at = lam_at
+        self.aux = nn.ModuleList(self.auxiliary(j, lam_at == "independent") for j in range(n_aux)).to(param)
+        self.cascade = nn.ModuleDict(
+            {str(n): self.auxiliary(n, lam_at == "cascade") for n in self.window_ends}).to(param)
+
+        # Module j's graph is needed until the last window containing it has run; then it steps.
+        self.last_use = [max([j, *[n for n in self.window_ends if n - self.k + 1 <= j <= n]])
+                         for j in range(len(self.units))]
+        # Module t's input needs a gradient when a window holds both t-1 and t.
+        self.chained = [any(n - self.k + 1 <= t - 1 and t <= n for n in self.window_ends) for t in range(len(self.units))]
+
+    # ------------------------------------------------------------------ construction
+    def auxiliary(self, j: int, leap: bool) -> Auxiliary:
+        """Module j's auxiliary network: the base's head, or LAM's, plus InfoPro's decoder."""
+        shape, hp, classes = self.module_shape(j), self.hp, self.model.num_classes
+        if leap:
+            classifier = self.leap_head(j)
+        elif hp.base == "dgl":
+            classifier = dgl_head(shape, classes, 0 if hp.head_width is None else hp.head_width)
+        else:
+            classifier = infopro_head(shape, classes, 128 if hp.head_width is None else hp.head_width)
+        decoder = Decoder(shape, self.model.input_shape, hp.decoder_width) if hp.base == "infopro" else None
+        return Auxiliary(classifier, decoder)
+
+    def leap_head(self, j: int) -> LeapHead:
+        s = self.last_block[j]
+        starts = stage_starts(self.model, self.shapes)
+        later_stages = [b for b in starts if b > s]
+        source = later_stages[0] if later_stages else s + 1  # block s + M
+        copies = [b for b in starts if b > source]  # first block of every later stage
+        return LeapHead(self.model, source, copies, self.shapes[copies[-1] if copies else source])
+
+    def leap_heads(self) -> list[LeapHead]:
+        return [m for m in self.modules() if isinstance(m, LeapHead)]
+
+    def unit_modules(self, i: int) -> list[nn.Module]:
+        return [*super().unit_modules(i), *([self.cascade[str(i)]] if str(i) in self.cascade else [])]
+
+    def loss_weights(self, i: int) -> tuple[float, float]:
+        return infopro_weights(self, i) if self.hp.base == "infopro" else (0.0, 1.0)
+
+    @property
+    def independent_scale(self) -> float:
+        return self.hp.a if self.hp.mlm else 1.0
+
+    # ------------------------------------------------------------------ one training step
+    def _params(self, j: int) -> list[torch.Tensor]:
+        return [p for b in self.units[j] for p in b.parameters() if p.requires_grad]
+
+    def _push(self, out: torch.Tensor, grad: torch.Tensor, j: int, inp: torch.Tensor | None, retain: bool):
+        """Vector-Jacobian product through module j: accumulate ``gradᵀ ∂out/∂θ_j`` into θ_j's
+        ``.grad`` and return ``gradᵀ ∂out/∂inp`` (when ``inp`` is given, else None). ``retain``
+        keeps module j's graph for a later window; the last pass through it frees it."""
+        inputs = self._params(j) + ([inp] if inp is not None else [])
+        if not inputs or not out.requires_grad:
+            return None
+        if inp is not None:
+            inp.grad = None
+        out.backward(grad, inputs=inputs, retain_graph=retain)
+        return None if inp is None else inp.grad
+
+    def train_module(self, t: int, inp: torch.Tensor, out: torch.Tensor, carry, y: torch.Tensor, live: dict):
+        """Module t's losses once its forward ran: the independent auxiliary and, if a window ends
+        here, the cascade auxiliary, whose gradient goes down through the window's modules (their
+        graphs in ``live``). Returns the independent loss and scores."""
+        z = out.detach().requires_grad_()  # the heads' input: their backward stops here
+        loss, scores = self.aux_loss(t, self.aux[t], z, carry, y)
+        loss.backward()  # γ_t's update (9); z.grad is the error the head sends to module t
+        later = t in self.window_ends or self.last_use[t] > t  # module t's graph is needed again
+        self._push(out, self.independent_scale * z.grad, t, None, retain=later)
+        if t in self.window_ends:
+            z.grad = None
+            cascade_loss, _ = self.aux_loss(t, self.cascade[str(t)], z, carry, y)
+            cascade_loss.backward()  # β_t's update (11)
+            grad = (1 - self.hp.a) * z.grad
+            for j in range(t, t - self.k, -1):
+                inp_j, out_j = (inp, out) if j == t else live[j]
+                grad = self._push(out_j, grad, j, inp_j if j > t - self.k + 1 else None, retain=self.last_use[j] > t)
+        return loss, scores
+
+    def train_unit(self, i: int, h, carry, y):
+        """One module alone (layer-parallel stages) is only MLAAN without MLM: a cascade window's
+        backward crosses ``k`` modules, so it is not one stage's work."""
+        if self.window_ends:
+            raise ConfigError("mlaan with mlm=true cannot be trained one module at a time (a cascade window "
+                              f"backpropagates through {self.k} modules); use mlm=false or the plain train_step")
+        return super().train_unit(i, h, carry, y)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        if not self.optimizers:
+            raise RuntimeError("call configure_optimizers() before train_step()")
+        self.model.check_input(x)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        carry, h, live = self.initial_carry(x), x, {}
+        last = len(self.units) - 1
+        for t in range(len(self.units)):
+            inp = h.detach().requires_grad_(self.chained[t])
+            out = self.forward_unit(t, inp)
+            if t == last:  # the model's own classifier, plain CE
+                scores = out
+                loss = F.cross_entropy(out, y)
+                loss.backward(inputs=self._params(t) or None)
+            else:
+                loss, scores = self.train_module(t, inp, out, carry, y, live)
+                live[t] = (inp, out)
+            for j in range(t + 1):
+                if self.last_use[j] == t:  # no window needs module j any more: step, free its graph
+                    live.pop(j, None)
+                    if self.unit_optimizers[j] is not None:
+                        self.unit_optimizers[j].step()
+            h = out.detach()
+        self.after_step()
+        return StepResult(loss.detach(), scores.detach())
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """LAM's EMA (10): every EMA copy moves towards its backbone block, every step."""
+        mu = self.hp.ema_decay
+        for head in self.leap_heads():
+            ema = list(head.ema.parameters())
+            source = list(self.model.blocks[head.source].parameters())
+            torch._foreach_mul_(ema, mu)
+            torch._foreach_add_(ema, source, alpha=1 - mu)
+
+    # ------------------------------------------------------------------ the oracle
+    def reference_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[tuple[str, int], torch.Tensor]:
+        """Every loss of one step in the authors' recomputing form, each already weighted where it
+        enters the backbone: ``("independent", j)``, ``("cascade", n)`` (window recomputed from
+        ``sg(x_{n-k})``) and ``("output", K-1)``. The gradient of their sum is one step's update
+        (for tests; it keeps every graph alive)."""
+        xs, h = [x], x
+        for t in range(len(self.units)):
+            h = self.forward_unit(t, h.detach())
+            xs.append(h)
+        carry, losses, last = self.initial_carry(x), {}, len(self.units) - 1
+        losses[("output", last)] = F.cross_entropy(xs[-1], y)
+        for j in range(last):
+            losses[("independent", j)] = self.aux_loss(j, self.aux[j], scale_grad(xs[j + 1], self.independent_scale),
+                                                       carry, y)[0]
+        for n in self.window_ends:
+            h = xs[n - self.k + 1].detach()
+            for t in range(n - self.k + 1, n + 1):
+                h = self.forward_unit(t, h)
+            losses[("cascade", n)] = self.aux_loss(n, self.cascade[str(n)], scale_grad(h, 1 - self.hp.a), carry, y)[0]
+        return losses

@@ -1,0 +1,38 @@
+"""Locality checks shared by the tests of layer-local rules (``algorithms/layerwise.py``)."""
+
+from __future__ import annotations
+
+import torch
+
+from bioplausible.algorithms.layerwise import detached
+
+
+def unit_losses(rule, x, y, h=None) -> list[torch.Tensor]:
+    """Every unit's loss on the detached output of the unit below, all graphs kept alive (the
+    input of unit 0 is ``x`` unless the rule streams something else, e.g. FF's pairs, given as ``h``)."""
+    losses, h, carry = [], x if h is None else h, None
+    for i in range(len(rule.units)):
+        h = rule.forward_unit(i, detached(h))
+        loss, carry, _ = rule.unit_loss(i, h, carry, y)
+        losses.append(loss)
+    return losses
+
+
+def owner(rule) -> dict[str, int]:
+    """The unit whose optimizer trains each parameter of the rule (blocks and auxiliary modules)."""
+    ids = {id(p): i for i in range(len(rule.units))
+           for m in rule.units[i] + rule.unit_modules(i) for p in m.parameters()}
+    return {n: ids[id(p)] for n, p in rule.named_parameters()}
+
+
+def assert_each_loss_reaches_only_its_unit(rule, losses: list[torch.Tensor]) -> None:
+    """The gradient of unit ``i``'s loss is zero on every parameter of other units and nonzero on
+    each of unit ``i``'s own."""
+    names, params = zip(*rule.named_parameters())
+    own = owner(rule)
+    for i, loss in enumerate(losses):
+        for n, g in zip(names, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)):
+            if own[n] != i:
+                assert g is None or not g.any(), f"loss of unit {i} reaches {n}"
+            else:
+                assert g is not None and g.any(), f"loss of unit {i} does not reach its own {n}"
