@@ -61,6 +61,7 @@ def run(args: argparse.Namespace, dataset: str) -> dict:
     base = load_config(ROOT / PRESETS[dataset], [f"limit_train_batches={args.limit_train_batches}"]
                        if args.limit_train_batches else [], epochs=args.epochs, data_dir=args.data_dir,
                        num_threads=args.threads)
+    base = base.replace(algo_args={})  # the preset's DLL options go to DLL only (RULE_SETTINGS)
     rules = args.rules.split(",")
     per_rule = {r: RULE_SETTINGS[r] for r in rules if r in RULE_SETTINGS}
     stamp = datetime.now()
