@@ -36,3 +36,16 @@ def assert_each_loss_reaches_only_its_unit(rule, losses: list[torch.Tensor]) -> 
                 assert g is None or not g.any(), f"loss of unit {i} reaches {n}"
             else:
                 assert g is not None and g.any(), f"loss of unit {i} does not reach its own {n}"
+
+
+def assert_steps_reduce_every_unit_loss(rule, x, y, steps: int = 20, lr: float = 1e-2) -> None:
+    """A few Adam steps on one batch lower the loss of every unit (a learning check that does not
+    depend on the rule's prediction, so it also holds for the units below the last)."""
+    rule.configure_optimizers(lambda groups: torch.optim.Adam(groups, lr=lr))
+    with torch.no_grad():
+        before = torch.stack(unit_losses(rule, x, y))
+    for _ in range(steps):
+        rule.train_step(x, y)
+    with torch.no_grad():
+        after = torch.stack(unit_losses(rule, x, y))
+    assert (after < before).all(), (before, after)
