@@ -7,6 +7,10 @@ import torch
 from bioplausible.algorithms.layerwise import detached
 
 
+def sgd0(groups):
+    return torch.optim.SGD(groups, lr=0.0)  # the step leaves the weights, the grads stay readable
+
+
 def unit_losses(rule, x, y, h=None) -> list[torch.Tensor]:
     """Every unit's loss on the detached output of the unit below, all graphs kept alive (the
     input of unit 0 is ``x`` unless the rule streams something else, e.g. FF's pairs, given as ``h``)."""
@@ -49,3 +53,29 @@ def assert_steps_reduce_every_unit_loss(rule, x, y, steps: int = 20, lr: float =
     with torch.no_grad():
         after = torch.stack(unit_losses(rule, x, y))
     assert (after < before).all(), (before, after)
+
+
+def assert_schedule_equals_summed_backward(rule, x, y, streams=None, seed: int = 5):
+    """The per-unit schedule (:meth:`train_step`) leaves exactly the gradients of one backward of
+    the summed unit losses on every trainable tensor (``seed``: the same random draws, dropout
+    masks or negative labels, in both; ``streams(x, y)``, if given, builds unit 0's input after
+    the seed, as FF's negatives must be drawn). Returns the step's result."""
+    rule.configure_optimizers(sgd0)
+    torch.manual_seed(seed)
+    result = rule.train_step(x, y)
+    separate = {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
+    rule.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    sum(unit_losses(rule, x, y, None if streams is None else streams(x, y))).backward()
+    together = {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
+    assert separate.keys() == together.keys() == {n for n, p in rule.named_parameters() if p.requires_grad}
+    for n in separate:
+        assert torch.equal(separate[n], together[n]), n
+    return result
+
+
+def assert_unit_passes_on_no_graph(rule, x, y) -> None:
+    """What unit 0 hands to unit 1 (a tensor or a tuple of streams) carries no autograd graph."""
+    rule.configure_optimizers(sgd0)
+    h = rule.train_unit(0, x, None, y).h
+    assert all(not t.requires_grad and t.grad_fn is None for t in (h if isinstance(h, tuple) else (h,)))

@@ -17,15 +17,11 @@ from bioplausible.algorithms.layerwise import detached
 from bioplausible.errors import ConfigError
 from bioplausible.models import create_model
 from bioplausible.models.base import Network
-from layerwise_checks import assert_each_loss_reaches_only_its_unit, unit_losses
+from layerwise_checks import (assert_each_loss_reaches_only_its_unit, assert_schedule_equals_summed_backward,
+                              assert_unit_passes_on_no_graph, unit_losses)
 from helpers import batch, small_cnn, small_mlp
 
 BUILDS = {"mlp": small_mlp, "cnn": small_cnn}
-
-
-def sgd0(groups):
-    return torch.optim.SGD(groups, lr=0.0)
-
 
 
 # ---------------------------------------------------------------------- negative data
@@ -106,7 +102,6 @@ def test_prediction_sums_goodness_over_every_layer_but_the_first():
 
 
 # ---------------------------------------------------------------------- locality
-
 @pytest.mark.parametrize("build", BUILDS)
 def test_each_layer_loss_reaches_only_its_own_layer(build):
     rule = create_algorithm("ff", BUILDS[build]())
@@ -118,26 +113,16 @@ def test_each_layer_loss_reaches_only_its_own_layer(build):
 @pytest.mark.parametrize("build", BUILDS)
 def test_per_layer_schedule_equals_one_backward_of_the_summed_losses(build):
     rule = create_algorithm("ff", BUILDS[build]())
-    rule.configure_optimizers(sgd0)
     x, y = batch(rule.model)
-    torch.manual_seed(5)  # the same negative labels in both
-    result = rule.train_step(x, y)
-    separate = {n: p.grad.clone() for n, p in rule.named_parameters()}
-    rule.zero_grad(set_to_none=True)
-    torch.manual_seed(5)
-    sum(unit_losses(rule, x, y, rule.streams(x, y))).backward()
-    for n, p in rule.named_parameters():
-        assert torch.equal(separate[n], p.grad), n
+    # The same seed in both: the same negative labels.
+    result = assert_schedule_equals_summed_backward(rule, x, y, rule.streams)
     # the training scores are the prediction's (weights unchanged by lr 0)
     torch.testing.assert_close(result.output, rule.predict(x))
 
 
 def test_the_streams_passed_on_carry_no_graph():
     rule = create_algorithm("ff", small_cnn())
-    rule.configure_optimizers(sgd0)
-    x, y = batch(rule.model)
-    result = rule.train_unit(0, x, None, y)
-    assert all(not t.requires_grad and t.grad_fn is None for t in result.h)
+    assert_unit_passes_on_no_graph(rule, *batch(rule.model))
 
 
 def test_layer_parallel_evaluation_from_any_stage_equals_predict():

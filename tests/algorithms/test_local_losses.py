@@ -14,7 +14,8 @@ from bioplausible.algorithms import ALGORITHMS, create_algorithm
 from bioplausible.algorithms.local_losses import similarity, similarity_target
 from bioplausible.errors import ConfigError
 from bioplausible.models import create_model
-from layerwise_checks import assert_steps_reduce_every_unit_loss, owner, unit_losses
+from layerwise_checks import (assert_schedule_equals_summed_backward, assert_steps_reduce_every_unit_loss,
+                              assert_unit_passes_on_no_graph, owner, sgd0, unit_losses)
 from helpers import batch, small_cnn, small_mlp
 
 RULES = ["local_pred", "local_sim", "local_predsim"]
@@ -27,16 +28,6 @@ def dropout_mlp(seed: int = 0):
 
 
 BUILDS = {"mlp": small_mlp, "cnn": small_cnn, "mlp-bn-dropout": dropout_mlp}
-
-
-def sgd0(groups):
-    return torch.optim.SGD(groups, lr=0.0)  # the step leaves the weights, the grads stay readable
-
-
-
-def grads(rule) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
-
 
 
 # ---------------------------------------------------------------------- closed forms
@@ -106,27 +97,13 @@ def test_each_unit_loss_reaches_only_its_own_unit(name, build):
 @pytest.mark.parametrize("name", RULES)
 def test_per_unit_schedule_equals_one_backward_of_the_summed_losses(name, build):
     rule = create_algorithm(name, BUILDS[build]())
-    rule.configure_optimizers(sgd0)
-    x, y = batch(rule.model)
-    torch.manual_seed(5)  # the same dropout masks in both
-    rule.train_step(x, y)
-    separate = grads(rule)
-    rule.zero_grad(set_to_none=True)
-    torch.manual_seed(5)
-    sum(unit_losses(rule, x, y)).backward()
-    together = grads(rule)
-    assert separate.keys() == together.keys() == {n for n, p in rule.named_parameters() if p.requires_grad}
-    for n in separate:
-        assert torch.equal(separate[n], together[n]), n
+    assert_schedule_equals_summed_backward(rule, *batch(rule.model))  # one seed: the same dropout masks
 
 
 @pytest.mark.parametrize("name", RULES)
 def test_the_activity_passed_on_carries_no_graph(name):
     rule = create_algorithm(name, small_cnn())
-    rule.configure_optimizers(sgd0)
-    x, y = batch(rule.model)
-    result = rule.train_unit(0, x, None, y)
-    assert not result.h.requires_grad and result.h.grad_fn is None
+    assert_unit_passes_on_no_graph(rule, *batch(rule.model))
 
 
 def test_the_loss_reads_the_activity_before_dropout():

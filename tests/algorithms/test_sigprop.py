@@ -13,15 +13,11 @@ import torch.nn.functional as F
 from bioplausible.algorithms import create_algorithm
 from bioplausible.algorithms.layerwise import detached
 from bioplausible.errors import ConfigError
-from layerwise_checks import assert_each_loss_reaches_only_its_unit, assert_steps_reduce_every_unit_loss, unit_losses
+from layerwise_checks import (assert_each_loss_reaches_only_its_unit, assert_schedule_equals_summed_backward,
+                              assert_steps_reduce_every_unit_loss, assert_unit_passes_on_no_graph, sgd0, unit_losses)
 from helpers import batch, small_cnn, small_mlp
 
 BUILDS = {"mlp": small_mlp, "cnn": small_cnn}
-
-
-def sgd0(groups):
-    return torch.optim.SGD(groups, lr=0.0)
-
 
 
 # ---------------------------------------------------------------------- the update
@@ -54,7 +50,6 @@ def test_nearest_target_scores_equal_a_linear_layer_whose_rows_are_the_class_sig
 
 
 # ---------------------------------------------------------------------- locality
-
 @pytest.mark.parametrize("build", BUILDS)
 def test_each_block_loss_reaches_only_its_own_block(build):
     rule = create_algorithm("sigprop", BUILDS[build]())
@@ -64,22 +59,12 @@ def test_each_block_loss_reaches_only_its_own_block(build):
 @pytest.mark.parametrize("build", BUILDS)
 def test_per_block_schedule_equals_one_backward_of_the_summed_losses(build):
     rule = create_algorithm("sigprop", BUILDS[build]())
-    rule.configure_optimizers(sgd0)
-    x, y = batch(rule.model)
-    rule.train_step(x, y)
-    separate = {n: p.grad.clone() for n, p in rule.named_parameters()}
-    rule.zero_grad(set_to_none=True)
-    sum(unit_losses(rule, x, y)).backward()
-    for n, p in rule.named_parameters():
-        assert torch.equal(separate[n], p.grad), n
+    assert_schedule_equals_summed_backward(rule, *batch(rule.model))
 
 
 def test_the_streams_passed_on_carry_no_graph():
     rule = create_algorithm("sigprop", small_cnn())
-    rule.configure_optimizers(sgd0)
-    x, y = batch(rule.model)
-    result = rule.train_unit(0, x, None, y)
-    assert all(not t.requires_grad and t.grad_fn is None for t in result.h)
+    assert_unit_passes_on_no_graph(rule, *batch(rule.model))
 
 
 def test_layer_parallel_evaluation_from_any_stage_equals_predict():
