@@ -104,8 +104,12 @@ def speed(args) -> dict:
     return {"times": times, "table": lines}
 
 
-def _sal_run(args, dataset: str, data, seed: int, algo: str = "sal", **algo_args) -> dict:
+def _sal_run(args, dataset: str, data, seed: int, algo: str = "sal", model_args: dict | None = None,
+             **algo_args) -> dict:
+    """Final test accuracy, the per-epoch curve and the epoch time of one run (or its divergence)."""
     config = base_config(args, dataset).replace(algo=algo, seed=seed, algo_args=algo_args)
+    if model_args is not None:
+        config = config.replace(model_args=model_args)
     try:
         result = Trainer(config, data=data).fit()
         return {"test_acc": 100 * result.summary["final"]["test_acc"],
@@ -113,6 +117,17 @@ def _sal_run(args, dataset: str, data, seed: int, algo: str = "sal", **algo_args
                 "epoch_seconds": result.summary["mean_epoch_seconds"]}
     except DivergenceError as error:
         return {"test_acc": None, "diverged": str(error)}
+
+
+def _save(fig, stem: str) -> Path:
+    """Write ``fig`` as ``benchmarks/results/<stem>-<date>.png`` and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    png = RESULTS / f"{stem}-{datetime.now():%Y%m%d}.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
 
 
 def _cell(accs: list[float | None]) -> str:
@@ -161,10 +176,7 @@ def figure2(args) -> dict:
     ax.set(xscale="log", xlabel="downstream width / upstream width", ylabel="test accuracy (%)",
            title=f"SAL downstream width, {dataset}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = RESULTS / f"sal-figure2{'-width-scaled' if args.width_scaled else ''}-{dataset}-{datetime.now():%Y%m%d}.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    png = _save(fig, f"sal-figure2{'-width-scaled' if args.width_scaled else ''}-{dataset}")
     return {"rows": rows, "table": lines + ["", f"Plot: {png.name}"]}
 
 
@@ -194,11 +206,9 @@ def figure4(args) -> dict:
         for seed in seeds:
             rows.append({"variant": label, "seed": seed, **_sal_run(args, dataset, data[seed], seed, **switches)})
             print({k: v for k, v in rows[-1].items() if k != "curve"}, file=sys.stderr)
-    linear = base_config(args, dataset).replace(algo="bp", model_args={"hidden": []})
     for seed in seeds:
-        result = Trainer(linear.replace(seed=seed), data=data[seed]).fit()
-        rows.append({"variant": "linear (SGD)", "seed": seed, "test_acc": 100 * result.summary["final"]["test_acc"],
-                     "curve": [100 * m["test_acc"] for m in result.history]})
+        rows.append({"variant": "linear (SGD)", "seed": seed,
+                     **_sal_run(args, dataset, data[seed], seed, "bp", model_args={"hidden": []})})
     lines = [f"Dataset {dataset}.", "", "| plastic | test acc (%) |", "|---|---|"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label in [*ABLATIONS, "linear (SGD)"]:
@@ -209,10 +219,7 @@ def figure4(args) -> dict:
             ax.plot(range(1, len(curves[0]) + 1), [statistics.mean(v) for v in zip(*curves)], marker="o", label=label)
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"SAL plasticity ablation, {dataset}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    png = RESULTS / f"sal-figure4-{dataset}-{datetime.now():%Y%m%d}.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    png = _save(fig, f"sal-figure4-{dataset}")
     return {"rows": rows, "table": lines + ["", f"Plot: {png.name}"]}
 
 
