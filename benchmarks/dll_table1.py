@@ -7,8 +7,8 @@ tanh MLP with its training setup (Appendix D.2.1: Adam, linear decay to 0; MNIST
 
 Rules whose update is not a gradient estimate run at their own learning rate or options
 (``RULE_SETTINGS``: the ``--set rule:key=value`` strings of ``bioplausible compare``); every such
-deviation is printed in the result's heading. Writes ``benchmarks/results/dll-table1-<dataset>-
-<date>.{md,json}`` with the paper's numbers beside ours, the machine, and the command.
+deviation is printed in the result's heading. Writes ``benchmarks/results/dll-table1-<dataset>[-<device>]-
+e<epochs>-<date>.{md,json}`` with the paper's numbers beside ours, the machine, and the command.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from bioplausible import __version__
-from bioplausible.compare import compare, markdown_table
+from bioplausible.compare import compare, comparison_rows, markdown_table
 from bioplausible.config import load_config
-from bioplausible.training.trainer import describe_device
+from bioplausible.training.trainer import describe_device, device_tag
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,13 +61,21 @@ PRESETS = {"mnist": "configs/dll/mlp_mnist.yaml", "fashion_mnist": "configs/dll/
 def run(args: argparse.Namespace, dataset: str) -> dict:
     base = load_config(ROOT / PRESETS[dataset], [f"limit_train_batches={args.limit_train_batches}"]
                        if args.limit_train_batches else [], epochs=args.epochs, data_dir=args.data_dir,
-                       num_threads=args.threads)
+                       num_threads=args.threads, device=args.device)
     base = base.replace(algo_args={})  # the preset's DLL options go to DLL only (RULE_SETTINGS)
     rules = args.rules.split(",")
     per_rule = {r: RULE_SETTINGS[r] for r in rules if r in RULE_SETTINGS}
+    seeds = [int(s) for s in args.seeds.split(",")]
     stamp = datetime.now()
-    out_dir = Path(args.runs) / f"dll-table1-{dataset}-{stamp:%Y%m%d-%H%M%S}"
-    rows, _ = compare(rules, base, [int(s) for s in args.seeds.split(",")], out_dir, per_rule)
+    if args.collect:
+        rows, machine = collect(args.collect, dataset, rules, seeds, base.epochs)
+    else:
+        machine = f"{describe_device(args.device)}, torch {torch.__version__}"
+        # mkdtemp: two invocations started in the same second must not share run directories.
+        Path(args.runs).mkdir(parents=True, exist_ok=True)
+        out_dir = Path(tempfile.mkdtemp(prefix=f"dll-table1-{dataset}-e{base.epochs}-{stamp:%Y%m%d-%H%M%S}-",
+                                        dir=args.runs))
+        rows, _ = compare(rules, base, seeds, out_dir, per_rule, args.jobs)
     table = markdown_table(rows).splitlines()
     table[0] += " paper (%) |"
     table[1] += "---|"
@@ -76,7 +85,7 @@ def run(args: argparse.Namespace, dataset: str) -> dict:
     command = "python benchmarks/dll_table1.py " + " ".join(sys.argv[1:])
     heading = (
         f"# DLL Table 1, MLP rows: {dataset}\n\n"
-        f"Machine: {describe_device('cpu')}; torch {torch.__version__}; bioplausible {__version__}; "
+        f"Machine: {machine}; bioplausible {__version__}; "
         f"{stamp:%Y-%m-%d %H:%M}. Load average at the end: {_load()}.\n\n"
         f"Command: `{command}`\n\n"
         f"Shared setup: {base.model} ({base.model_args or 'preset'}), {base.optimizer} lr {base.lr}, batch "
@@ -84,13 +93,17 @@ def run(args: argparse.Namespace, dataset: str) -> dict:
         f"{f', {base.limit_train_batches} batches per epoch' if base.limit_train_batches else ''}; seeds {args.seeds}. "
         "Test accuracy of the final epoch, mean ± std over seeds. The paper's numbers are means of 4 seeds "
         "after an unstated number of epochs.\n\n"
+        + (f"{args.jobs} runs at a time: s / epoch is not a speed figure (see epoch_time.py for those).\n\n"
+           if args.jobs > 1 else "")
+        + (f"Collected from finished runs in: {', '.join(args.collect)} (several invocations, some concurrent: "
+           "s / epoch is not a speed figure).\n\n" if args.collect else "")
         + ("Per-rule settings: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in per_rule.items()) + ".\n\n"
            if per_rule else "")
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"dll-table1-{dataset}-{stamp:%Y%m%d}"
+    name = f"dll-table1-{dataset}{device_tag(args.device)}-e{base.epochs}-{stamp:%Y%m%d}"
     (RESULTS / f"{name}.md").write_text(heading + "\n".join(table) + "\n")
-    record = {"dataset": dataset, "command": command, "device": describe_device("cpu"), "date": f"{stamp:%Y-%m-%d %H:%M}",
+    record = {"dataset": dataset, "command": command, "device": machine, "date": f"{stamp:%Y-%m-%d %H:%M}",
               "epochs": base.epochs, "seeds": args.seeds, "per_rule": per_rule,
               "rows": [{"algo": r.algo, "flags": r.flags, "test_acc": r.test_acc, "epoch_seconds": r.epoch_seconds,
                         "time_vs_bp": r.time_vs_bp, "paper": PAPER.get(r.algo, ("", {}))[1].get(dataset)}
@@ -98,6 +111,24 @@ def run(args: argparse.Namespace, dataset: str) -> dict:
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2))
     print("\n".join(table))
     return record
+
+
+def collect(dirs: list[str], dataset: str, rules: list[str], seeds: list[int], epochs: int) -> tuple[list, str]:
+    """Rows from the ``<rule>-s<seed>/summary.json`` of runs already done (a table assembled from
+    several invocations, e.g. on a GPU machine); a later directory's run replaces an earlier one's."""
+    found: dict[tuple[str, int], dict] = {}
+    for directory in dirs:
+        for path in sorted(Path(directory).glob("*-s*/summary.json")):
+            summary = json.loads(path.read_text())
+            if (summary["dataset"], summary["epochs"], summary["final"]["epoch"]) == (dataset, epochs, epochs):
+                found[(summary["algo"], summary["seed"])] = summary
+    missing = [f"{r}-s{s}" for r in rules for s in seeds if (r, s) not in found]
+    if missing:
+        raise SystemExit(f"no finished {epochs}-epoch {dataset} run for {', '.join(missing)} in {', '.join(dirs)}")
+    runs = {r: [found[(r, s)] for s in seeds] for r in rules}
+    machine = ", ".join(sorted({f"{s['device']}, torch {s['versions']['torch']}" for per_rule in runs.values()
+                                for s in per_rule}))
+    return comparison_rows(runs, time_ratio=False), machine
 
 
 def _load() -> str:
@@ -117,6 +148,10 @@ def main() -> None:
     parser.add_argument("--limit-train-batches", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", default="runs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    parser.add_argument("--collect", nargs="+", metavar="DIR",
+                        help="build the table from these compare directories' finished runs instead of training")
     args = parser.parse_args()
     for dataset in args.datasets.split(","):
         run(args, dataset)

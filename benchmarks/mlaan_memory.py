@@ -25,7 +25,7 @@ import torch
 from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
 from bioplausible.training.memory import step_memory
-from bioplausible.training.trainer import describe_device
+from bioplausible.training.trainer import describe_device, device_tag
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RULES = [("bp", {}), ("dgl", {}), ("infopro", {}), ("auglocal", {}), ("mlaan", {"base": "dgl"}),
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     meta = {"command": "python " + " ".join(sys.argv), "device": describe_device(device),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "batch": args.batch}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"mlaan-memory-{'-'.join(args.nets)}-b{args.batch}-{datetime.now(timezone.utc):%Y-%m-%d}"
+    stem = RESULTS / f"mlaan-memory-{'-'.join(args.nets)}-b{args.batch}{device_tag(device)}-{datetime.now(timezone.utc):%Y-%m-%d}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     paper = {("resnet32", "bp"): "3.37 GB", ("resnet32", "mlaan(dgl)"): "2.62 GB",
              ("resnet110", "bp"): "9.26 GB", ("resnet110", "mlaan(dgl)"): "2.76 GB"}

@@ -24,7 +24,7 @@ import torch
 
 from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
-from bioplausible.training.trainer import describe_device
+from bioplausible.training.trainer import describe_device, device_tag
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RULES = [("bp", {}), ("dgl", {}), ("infopro", {}), ("auglocal", {}), ("mlaan(dgl)", {"base": "dgl"}),
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "batch": args.batch,
             "net": args.net, "modules": args.modules, "repeats": args.repeats}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"mlaan-speed-{datetime.now(timezone.utc):%Y-%m-%d}"
+    stem = RESULTS / f"mlaan-speed{device_tag(device)}-{datetime.now(timezone.utc):%Y-%m-%d}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "seconds": times, "median": median}, indent=1))
     lines = [f"# Seconds per training batch, {args.net} K={args.modules}, batch {args.batch}", "",
              f"Device: {meta['device']}. Date: {meta['date']}. Command: `{meta['command']}`.",

@@ -26,7 +26,7 @@ from bioplausible import __version__
 from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
 from bioplausible.training.memory import step_memory
-from bioplausible.training.trainer import describe_device
+from bioplausible.training.trainer import describe_device, device_tag
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "bioplausible": __version__, "python": platform.python_version(),
               "batch_size": args.batch_size, "command": command, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"sll-memory-{now:%Y%m%d}"
+    stem = RESULTS / f"sll-memory{device_tag(args.device)}-{now:%Y%m%d}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     plot(rows, stem.with_suffix(".png"))
 

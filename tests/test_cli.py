@@ -104,3 +104,18 @@ def test_compare_applies_rule_scoped_settings_to_that_rule_only(tmp_path):
     assert kp["algo_args"] == {"decay": 0.01} and kp["lr"] == 0.002
     assert bp["algo_args"] == {} and bp["lr"] != 0.002
     assert "Per-rule settings: kp: algo.decay=0.01, lr=0.002" in (tmp_path / "cmp" / "results.md").read_text()
+
+
+def test_compare_with_jobs_gives_the_sequential_results(tmp_path):
+    """``--jobs 2`` trains runs in parallel processes; each run is still its own seeded run, so the
+    accuracies equal the sequential ones, and no time ratio is claimed for shared hardware."""
+    common = ("compare", "--algos", "bp,fa", "--epochs", "1", "--seeds", "0", "--batch-size", "64",
+              "--set", "model.hidden=[16]")
+    runs = {jobs: cli(*common, "--jobs", str(jobs), "--out", str(tmp_path / f"j{jobs}")) for jobs in (1, 2)}
+    for run in runs.values():
+        assert run.returncode == 0, run.stderr
+    accuracy = {jobs: [(r["algorithm"], r["test_acc"]) for r in csv.DictReader(open(tmp_path / f"j{jobs}" / "results.csv"))]
+                for jobs in runs}
+    assert accuracy[2] == accuracy[1]
+    assert "1.00x" in runs[1].stdout and "1.00x" not in runs[2].stdout
+    assert "2 runs at a time" in (tmp_path / "j2" / "results.md").read_text()

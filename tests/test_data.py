@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -360,6 +363,33 @@ def test_corrupt_tensor_cache_is_rebuilt(tmp_path, monkeypatch):
     assert load_dataset("cifar10", tmp_path).train[0].shape == (6, 3, 32, 32) and calls
 
 
+def test_sources_are_read_and_cached_under_an_exclusive_lock(tmp_path, monkeypatch):
+    """Concurrent runs on a cold cache (``compare --jobs``) must not read half-extracted archives:
+    the reading and caching happen while this process holds the dataset's lock file."""
+    import fcntl
+
+    import torchvision.datasets as tvd
+
+    from bioplausible.data import vision
+
+    spec, calls, lock_state = SPECS["cifar10"], [], []
+    monkeypatch.setattr(tvd, "CIFAR10", fake_torchvision_class(spec, calls))
+    real_read = vision._read_sources
+
+    def read_and_probe_lock(name, spec, data_dir, root):
+        with open(root / f".{name}.lock") as other:  # a second open file description
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                lock_state.append("free")
+            except BlockingIOError:
+                lock_state.append("held")
+        return real_read(name, spec, data_dir, root)
+
+    monkeypatch.setattr(vision, "_read_sources", read_and_probe_lock)
+    assert load_dataset("cifar10", tmp_path).train[0].shape == (6, 3, 32, 32)
+    assert lock_state == ["held"]
+
+
 # --------------------------------------------------------------------------- real data
 
 
@@ -377,3 +407,17 @@ def test_real_mnist_family_from_read_only_data_dir(name, data_dir):
     assert snapshot(data_dir) == before
     # Later loads come from the tensor cache and no longer need the data dir.
     assert torch.equal(load_dataset(name).test[0], s.test[0])
+
+
+@pytest.mark.real_data
+def test_processes_loading_one_dataset_at_once_on_a_cold_cache_all_succeed(data_dir, tmp_path):
+    """Three processes started together, as ``compare --jobs 3`` starts them (one of three failed
+    on a half-extracted file before the cache lock)."""
+    code = ("import sys; from bioplausible.data import load_dataset; "
+            "print(float(load_dataset('mnist', sys.argv[1]).test[0].sum()))")
+    env = {**os.environ, "BIOPLAUSIBLE_CACHE": str(tmp_path / "cold")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(data_dir)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in outputs]
+    assert len({out for out, _ in outputs}) == 1

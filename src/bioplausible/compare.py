@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import statistics
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,10 +60,44 @@ def split_rule_overrides(items: list[str]) -> tuple[list[str], dict[str, list[st
     return shared, per_rule
 
 
+def train_all(configs: list[TrainConfig], jobs: int = 1) -> list[RunResult]:
+    """Train every configuration; with ``jobs > 1`` that many at once, each in its own process.
+
+    Concurrent runs share the processor or GPU, so their seconds per epoch are not speed figures;
+    on a GPU, which one small model leaves mostly idle, they are how a table of many rules and seeds
+    fits in the time of a few runs. Results come back in the order of ``configs``."""
+    if jobs < 1:
+        raise ConfigError(f"'jobs' must be >= 1, got {jobs}")
+    if jobs == 1:
+        cache: dict[tuple, object] = {}
+        results = []
+        for config in configs:
+            key = (config.dataset, config.data_dir, config.val_split, config.seed)
+            if key not in cache:  # the same data for every rule; loaded once per seed
+                cache[key] = load_dataset(*key)
+            results.append(_report(train(config, data=cache[key])))
+        return results
+    # spawn, not fork: a forked child of a process that touched CUDA cannot use it.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_train_and_report, configs))
+
+
+def _train_and_report(config: TrainConfig) -> RunResult:
+    return _report(train(config))
+
+
+def _report(result: RunResult) -> RunResult:
+    print(f"  {result.summary['algo']:<6} seed {result.summary['seed']}: test "
+          f"{100 * result.summary['final']['test_acc']:.2f}%  {result.summary['mean_epoch_seconds']:.3f} s/epoch",
+          file=sys.stderr, flush=True)
+    return result
+
+
 def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path | None = None,
-            per_rule: dict[str, list[str]] | None = None) -> tuple[list[ComparisonRow], Path]:
+            per_rule: dict[str, list[str]] | None = None, jobs: int = 1) -> tuple[list[ComparisonRow], Path]:
     """Run every ``algo`` x ``seed`` with ``base`` otherwise unchanged, except for the ``key=value``
-    overrides ``per_rule[algo]`` of that rule; write CSV, Markdown, PNG."""
+    overrides ``per_rule[algo]`` of that rule; ``jobs`` runs at once (see :func:`train_all`, and
+    then no time ratio is given); write CSV, Markdown, PNG."""
     per_rule = per_rule or {}
     if not seeds:
         raise ConfigError("'seeds' must name at least one seed")
@@ -78,36 +114,36 @@ def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path
           f"seeds {','.join(map(str, seeds))}", file=sys.stderr)
     out_dir = out_dir or Path("runs") / f"compare-{base.model}-{base.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache: dict[tuple, object] = {}
+    pairs = [(algo, seed) for algo in algos for seed in seeds]
+    results = train_all([configs[algo].replace(algo=algo, seed=seed, out=str(out_dir / f"{algo}-s{seed}"),
+                                               progress=False) for algo, seed in pairs], jobs)
     runs: dict[str, list[RunResult]] = {}
-    for algo in algos:
-        for seed in seeds:
-            config = configs[algo].replace(algo=algo, seed=seed, out=str(out_dir / f"{algo}-s{seed}"), progress=False)
-            key = (config.dataset, config.data_dir, config.val_split, seed)
-            if key not in cache:  # the same data for every rule; loaded once per seed
-                cache[key] = load_dataset(*key)
-            result = train(config, data=cache[key])
-            final = result.summary["final"]
-            print(f"  {algo:<6} seed {seed}: test {100 * final['test_acc']:.2f}%  "
-                  f"{result.summary['mean_epoch_seconds']:.3f} s/epoch", file=sys.stderr)
-            runs.setdefault(algo, []).append(result)
+    for (algo, _), result in zip(pairs, results):
+        runs.setdefault(algo, []).append(result)
+    rows = comparison_rows({algo: [r.summary for r in results] for algo, results in runs.items()}, jobs == 1)
+    write_tables(rows, base, seeds, out_dir, per_rule, jobs)
+    plot_learning_curves(runs, base, out_dir / "learning_curves.png")
+    return rows, out_dir
+
+
+def comparison_rows(summaries: dict[str, list[dict]], time_ratio: bool = True) -> list[ComparisonRow]:
+    """One row per rule from its runs' ``summary.json`` contents; ``time_ratio`` only for runs
+    that had the machine to themselves in turn."""
     rows = [
         ComparisonRow(
             algo=algo,
-            flags=results[0].summary["flags"],
-            test_acc=[r.summary["final"]["test_acc"] for r in results],
-            epoch_seconds=[r.summary["mean_epoch_seconds"] for r in results],
-            peak_memory_mb=[r.summary["final"]["peak_memory_mb"] for r in results],
+            flags=runs[0]["flags"],
+            test_acc=[s["final"]["test_acc"] for s in runs],
+            epoch_seconds=[s["mean_epoch_seconds"] for s in runs],
+            peak_memory_mb=[s["final"]["peak_memory_mb"] for s in runs],
         )
-        for algo, results in runs.items()
+        for algo, runs in summaries.items()
     ]
-    if "bp" in runs:
+    if "bp" in summaries and time_ratio:
         bp_time = statistics.mean(next(r for r in rows if r.algo == "bp").epoch_seconds)
         for row in rows:
             row.time_vs_bp = statistics.mean(row.epoch_seconds) / bp_time
-    write_tables(rows, base, seeds, out_dir, per_rule)
-    plot_learning_curves(runs, base, out_dir / "learning_curves.png")
-    return rows, out_dir
+    return rows
 
 
 def markdown_table(rows: list[ComparisonRow]) -> str:
@@ -119,7 +155,7 @@ def markdown_table(rows: list[ComparisonRow]) -> str:
 
 
 def write_tables(rows: list[ComparisonRow], base: TrainConfig, seeds: list[int], out_dir: Path,
-                 per_rule: dict[str, list[str]]) -> None:
+                 per_rule: dict[str, list[str]], jobs: int = 1) -> None:
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["algorithm", "flags", "seed", "test_acc", "epoch_seconds", "time_vs_bp", "peak_memory_mb"])
@@ -129,6 +165,8 @@ def write_tables(rows: list[ComparisonRow], base: TrainConfig, seeds: list[int],
     heading = (f"# {base.model} on {base.dataset}: {base.epochs} epochs, batch {base.batch_size}, "
                f"{base.optimizer} lr {base.lr}, seeds {','.join(map(str, seeds))}\n\n"
                "Final-epoch test accuracy, mean ± std over seeds.\n\n")
+    if jobs > 1:
+        heading += f"{jobs} runs at a time on {base.device}: seconds per epoch are not speed figures.\n\n"
     if per_rule:
         heading += "Per-rule settings: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in per_rule.items()) + ".\n\n"
     (out_dir / "results.md").write_text(heading + markdown_table(rows) + "\n")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from bioplausible.algorithms import create_algorithm
 from bioplausible.errors import ConfigError
+import helpers
 from helpers import batch, small_cnn, small_mlp
 
 
@@ -123,3 +124,59 @@ def test_bad_settle_options_are_named():
         create_algorithm("dll", small_mlp(), settle_steps=-1)
     with pytest.raises(ConfigError, match="'eta_x' must be positive"):
         create_algorithm("dll", small_mlp(), eta_x=0.0)
+
+
+@pytest.mark.parametrize("build", [small_mlp, small_cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("tied", [False, True], ids=["random-theta", "tied-theta"])
+def test_epoch_diagnostics_are_the_angles_to_theta_and_to_bps_gradient(build, tied):
+    """∠(Θ_i, W_i) and ∠(ΔW_i, -∇W_i of BP), each against an independent computation (BP's rule
+    on a copy of the model); 0° with Θ tied to W; and the rule's state is left untouched."""
+    reference = build()
+    bp = create_algorithm("bp", copy.deepcopy(reference), loss="mse")
+    dll = create_algorithm("dll", copy.deepcopy(reference), loss="mse")
+    if tied:
+        tie_theta_to_weights(dll)
+    x, y = batch(reference)
+    before = {k: v.clone() for k, v in dll.state_dict().items()}
+    diagnostics = dll.epoch_diagnostics(x, y)
+    assert all(torch.equal(v, before[k]) for k, v in dll.state_dict().items())
+    assert all(p.grad is None for p in dll.parameters())
+
+    bp.compute_updates(x, y)
+    dll.compute_updates(x, y)
+    names = {id(p): n for n, p in dll.model.named_parameters()}
+    bp_grads = {n: p.grad for n, p in bp.model.named_parameters()}
+    assert len(dll.layers) >= 2 and len(diagnostics) == 2 * len(dll.layers)
+    for i, layer in enumerate(dll.layers):
+        expected_update = helpers.angle_degrees(layer.weight.grad, bp_grads[names[id(layer.weight)]])
+        expected_theta = helpers.angle_degrees(layer.feedback, layer.weight)
+        assert diagnostics[f"angle_update_grad/{i}"] == pytest.approx(expected_update, abs=1e-3)
+        assert diagnostics[f"angle_theta_W/{i}"] == pytest.approx(expected_theta, abs=1e-6)
+        if tied:
+            assert diagnostics[f"angle_theta_W/{i}"] < 1e-3 and diagnostics[f"angle_update_grad/{i}"] < 1e-3
+        else:
+            assert diagnostics[f"angle_theta_W/{i}"] > 45
+
+
+def test_recurrent_diagnostics_are_zero_with_tied_theta():
+    from bioplausible.models import create_model
+
+    torch.manual_seed(0)
+    rule = create_algorithm("dll", create_model("elman_rnn", (5, 3), 4, hidden=6, readout="all").double())
+    with torch.no_grad():
+        rule.recurrent.theta_y.copy_(rule.model.cell.W_y.weight)
+        rule.recurrent.theta_h.copy_(rule.model.cell.W_h.weight)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(7, 5, 3, generator=g, dtype=torch.float64), torch.randint(0, 4, (7, 5), generator=g)
+    diagnostics = rule.epoch_diagnostics(x, y)
+    assert set(diagnostics) == {"angle_theta_W/0", "angle_theta_W/1", "angle_update_grad/0", "angle_update_grad/1"}
+    assert max(diagnostics.values()) < 1e-3
+
+
+def test_trainer_logs_dll_diagnostics_every_epoch(tmp_path):
+    from bioplausible import train
+
+    result = train(algo="dll", model="mlp", dataset="digits", epochs=2, batch_size=64, model_args={"hidden": [32, 16]},
+                   seed=0, progress=False, out=str(tmp_path / "dll"))
+    for metrics in result.history:
+        assert {"angle_theta_W/0", "angle_theta_W/1", "angle_update_grad/0", "angle_update_grad/1"} <= set(metrics)

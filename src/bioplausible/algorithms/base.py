@@ -148,6 +148,11 @@ class LearningRule(nn.Module):
     def after_step(self) -> None:
         """Runs after the optimizers stepped (mirror steps, EMA copies, ...)."""
 
+    def epoch_diagnostics(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Figures the trainer adds to each epoch's metrics, computed on the epoch's last training
+        batch (alignment angles, ...). Must leave the rule's state as it was; none by default."""
+        return {}
+
     # ------------------------------------------------------------------ shared plumbing
     def backward_loss(self, output: torch.Tensor, y: torch.Tensor) -> StepResult:
         """Autograd backward of the loss through whatever backward pass the model's layers

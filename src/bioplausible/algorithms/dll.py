@@ -45,7 +45,7 @@ from ..errors import ConfigError, require_positive
 from . import register_algorithm
 from .base import Hyperparameters, LearningRule, Plausibility, StepResult
 from .dll_rnn import RecurrentDLL
-from .feedback import random_like_weight, rewire, trainable_layers, without
+from .feedback import angle_degrees, random_like_weight, rewire, trainable_layers, without
 
 
 @dataclass
@@ -113,6 +113,52 @@ class DendriticLocalizedLearning(LearningRule):
             if p.grad is not None:
                 p.grad.div_(batch)
         return result
+
+    def epoch_diagnostics(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return self.diagnostics(x, y)
+
+    def forward_weights(self) -> list[torch.Tensor]:
+        """The forward weight of each Θ, in the order of ``self.thetas``."""
+        if self.recurrent is not None:
+            return [self.model.cell.W_y.weight, self.model.cell.W_h.weight]
+        return [layer.weight for layer in self.layers]
+
+    def diagnostics(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Per layer with a Θ: ``angle_theta_W/i``, the angle between Θ_i and W_i, and
+        ``angle_update_grad/i``, between DLL's ΔW_i on ``(x, y)`` and BP's -∇W_i on the same batch,
+        in degrees. BP's gradient is DLL's own update with every Θ tied to its W (the oracle of
+        tests/algorithms/test_dll.py). Parameters, buffers, gradients and optimizer states are
+        left as they were."""
+        weights = self.forward_weights()
+        kept_grads = {p: p.grad for p in self.parameters()}
+        kept_thetas = [theta.detach().clone() for theta in self.thetas]
+        kept_buffers = [(b, b.detach().clone()) for b in self.buffers()]  # BatchNorm statistics
+
+        def weight_updates() -> list[torch.Tensor]:
+            for p in self.parameters():
+                p.grad = None
+            self.compute_updates(x, y)
+            return [-w.grad.detach().clone() for w in weights]
+
+        try:
+            dll = weight_updates()
+            with torch.no_grad():
+                for theta, w in zip(self.thetas, weights):
+                    theta.copy_(w)
+            bp = weight_updates()
+        finally:
+            with torch.no_grad():
+                for theta, kept in zip(self.thetas, kept_thetas):
+                    theta.copy_(kept)
+                for buffer, kept in kept_buffers:
+                    buffer.copy_(kept)
+            for p, grad in kept_grads.items():
+                p.grad = grad
+        out = {}
+        for i, (theta, w, update, grad) in enumerate(zip(kept_thetas, weights, dll, bp)):
+            out[f"angle_theta_W/{i}"] = angle_degrees(theta, w)
+            out[f"angle_update_grad/{i}"] = angle_degrees(update, grad)
+        return out
 
     def settled_updates(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         """Eq. (6): the apical compartments start at rest and relax for ``settle_steps``

@@ -21,6 +21,7 @@ layer with ``feedback = weight`` is exactly BP, and KP's ``ΔB`` is the same ten
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -237,3 +238,9 @@ def random_like_weight(layer: nn.Module) -> torch.Tensor:
     feedback = torch.empty_like(layer.weight)
     nn.init.kaiming_uniform_(feedback, a=5**0.5)
     return feedback
+
+
+def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The angle between two tensors read as flat vectors, in degrees (alignment diagnostics)."""
+    cos = F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos.item()))))

@@ -47,6 +47,7 @@ from torch import nn
 from . import register_algorithm
 from ..errors import ConfigError, require_non_negative, require_positive
 from .base import DecoupledDecay, Hyperparameters, LearningRule, Plausibility, StepResult
+from .feedback import angle_degrees
 
 DOWNSTREAM_ACTIVATIONS = ("identity", "relu_of_Vh", "relu", "tanh")
 CROSS_INITS = ("random", "identity")
@@ -313,11 +314,6 @@ class SelfAssemblingLearning(LearningRule):
             weights = [layer.weight for layer in self.linears]
             grads = torch.autograd.grad(self.loss(self.model(x), y), weights)
         return {f"angle_update_grad/{l}": angle_degrees(deltas[w], -g) for l, (w, g) in enumerate(zip(weights, grads))}
-
-
-def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
-    cos = F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0)
-    return math.degrees(math.acos(max(-1.0, min(1.0, cos.item()))))
 
 
 def effective_rank(matrix: torch.Tensor) -> float:

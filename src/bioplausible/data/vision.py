@@ -14,6 +14,7 @@ These are canonical datasets with published checksums, so the cache is keyed by 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -191,12 +192,33 @@ def _summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+@contextlib.contextmanager
+def _one_process_at_a_time(root: Path, name: str):
+    """Hold an exclusive lock on ``root/.<name>.lock`` (no lock if ``root`` is not writable).
+
+    torchvision extracts archives in place, so a second process reading a half-extracted file
+    fails ("invalid literal for int() with base 16": seen with ``compare --jobs`` on a cold cache).
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f".{name}.lock", "w")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def load_vision(name: str, spec: VisionSpec, data_dir: Path | None, root: Path) -> DataSplits:
     cache_file = root / "tensors" / f"{name}.pt"
     raw = _read_tensor_cache(cache_file, spec)
     if raw is None:
-        raw = _read_sources(name, spec, data_dir, root)
-        _write_tensor_cache(cache_file, raw)
+        with _one_process_at_a_time(root, name):
+            raw = _read_tensor_cache(cache_file, spec)  # built by the process that held the lock
+            if raw is None:
+                raw = _read_sources(name, spec, data_dir, root)
+                _write_tensor_cache(cache_file, raw)
     train, test = raw["train"], raw["test"]
     return DataSplits(
         name=name,

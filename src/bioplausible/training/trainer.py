@@ -78,6 +78,13 @@ def describe_device(device: str | torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
+def device_tag(device: str | torch.device) -> str:
+    """``""`` for the CPU, else ``"-cuda"`` / ``"-cuda1"``: keeps result files of GPU runs apart
+    from the CPU ones of the same benchmark and day."""
+    device = str(device)
+    return "" if device == "cpu" else "-" + device.replace(":", "")
+
+
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{config.algo}-{config.model}-{config.dataset}-s{config.seed}-{stamp}"
@@ -254,6 +261,8 @@ class Trainer:
         }
         if self.data.val is not None:
             metrics.update(self.evaluate(self.data.val, "val"))
+        if not self.dist.enabled:  # one process: no collective runs inside the extra passes
+            metrics.update(self.rule.epoch_diagnostics(x, y))
         metrics.update(
             lr=self.optimizers[0].param_groups[0]["lr"],
             epoch_seconds=epoch_seconds,
