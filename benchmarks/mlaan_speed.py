@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
+from bioplausible.training.timing import round_robin_step_seconds
 from bioplausible.training.trainer import describe_device, device_tag
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,18 +55,8 @@ def main(argv=None) -> None:
     rules = {label: build(label, options, args.net, args.modules, device) for label, options in RULES}
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    times: dict[str, list[float]] = {label: [] for label in rules}
-    for round_ in range(args.repeats + 1):
-        for label, rule in rules.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            rule.train_step(x, y)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_:  # round 0 is the warm-up
-                times[label].append(time.perf_counter() - start)
-        print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v), flush=True)
+    times = round_robin_step_seconds(rules, x, y, args.repeats, report=lambda round_, times: print(
+        f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v), flush=True))
     median = {label: statistics.median(t) for label, t in times.items()}
     meta = {"command": "python " + " ".join(sys.argv), "device": describe_device(device),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "batch": args.batch,

@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
 from bioplausible.training.memory import step_memory
+from bioplausible.training.timing import round_robin_step_seconds
 from bioplausible.training.trainer import describe_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,17 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         rules[algo] = create_algorithm(algo, create_model(args.model, shape, args.classes)).to(device)
         rules[algo].configure_optimizers(lambda groups: torch.optim.Adam(groups, lr=1e-4))
     memory = {algo: step_memory(rule, x, y) for algo, rule in rules.items()}
-    times: dict[str, list[float]] = {algo: [] for algo in rules}
-    for round_ in range(args.steps + 1):
-        for algo, rule in rules.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            rule.train_step(x, y)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_:  # round 0 is the warm-up
-                times[algo].append(time.perf_counter() - start)
+    times = round_robin_step_seconds(rules, x, y, args.steps)
     median = {algo: statistics.median(t) for algo, t in times.items()}
     bp = median.get("bp")
 
