@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                "mean_epoch_seconds": result.summary["mean_epoch_seconds"]}
         record["runs"] = [r for r in record["runs"] if (r["algo"], r["seed"], r["epochs"]) != (algo, seed, args.epochs)]
         record["runs"].append(run)
-    path.write_text(json.dumps(record, indent=2))
+        path.write_text(json.dumps(record, indent=2))  # after every run: a cut-off keeps what finished
     write_table(record, stem, args.dataset, args.model)
     return 0
 

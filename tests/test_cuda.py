@@ -17,7 +17,7 @@ from bioplausible.algorithms import ALGORITHMS, create_algorithm
 from bioplausible.config import TrainConfig
 from bioplausible.models import create_model
 from bioplausible.training.optim import OptimizerFactory
-from test_learning import DEFAULT_RECIPE, MLP_RULES, RECIPES
+from test_learning import MLP_RULES, digits_recipe
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -80,9 +80,7 @@ def test_cuda_steps_equal_cpu_steps_unless_the_step_is_random(algo, model_name, 
 @pytest.mark.parametrize("algo", MLP_RULES)
 def test_every_rule_learns_digits_on_cuda(algo, tmp_path):
     """The CPU learning test of tests/test_learning.py, with its recipes and bars, on the GPU."""
-    recipe = RECIPES.get(algo, DEFAULT_RECIPE)
-    settings = {"epochs": 15, "batch_size": 32, "lr": 1e-3, "model_args": {"hidden": [128]}, **recipe["settings"]}
-    result = train(algo=algo, model="mlp", dataset="digits", seed=0, device="cuda", progress=False,
-                   out=str(tmp_path / algo), **settings)
+    settings, bar = digits_recipe(algo)
+    result = train(algo=algo, device="cuda", out=str(tmp_path / algo), **settings)
     assert result.summary["device"] == torch.cuda.get_device_name(), result.summary
-    assert result.summary["final"]["test_acc"] >= recipe["bar"], result.summary["final"]
+    assert result.summary["final"]["test_acc"] >= bar, result.summary["final"]

@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import matplotlib
 
@@ -60,26 +61,26 @@ def split_rule_overrides(items: list[str]) -> tuple[list[str], dict[str, list[st
     return shared, per_rule
 
 
-def train_all(configs: list[TrainConfig], jobs: int = 1) -> list[RunResult]:
+def train_all(configs: list[TrainConfig], jobs: int = 1) -> Iterator[RunResult]:
     """Train every configuration; with ``jobs > 1`` that many at once, each in its own process.
 
     Concurrent runs share the processor or GPU, so their seconds per epoch are not speed figures;
     on a GPU, which one small model leaves mostly idle, they are how a table of many rules and seeds
-    fits in the time of a few runs. Results come back in the order of ``configs``."""
+    fits in the time of a few runs. Yields the results in the order of ``configs``, each as soon
+    as it and those before it are done, so a caller can record every finished run."""
     if jobs < 1:
         raise ConfigError(f"'jobs' must be >= 1, got {jobs}")
     if jobs == 1:
         cache: dict[tuple, object] = {}
-        results = []
         for config in configs:
             key = (config.dataset, config.data_dir, config.val_split, config.seed)
             if key not in cache:  # the same data for every rule; loaded once per seed
                 cache[key] = load_dataset(*key)
-            results.append(_report(train(config, data=cache[key])))
-        return results
+            yield _report(train(config, data=cache[key]))
+        return
     # spawn, not fork: a forked child of a process that touched CUDA cannot use it.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_train_and_report, configs))
+        yield from pool.map(_train_and_report, configs)
 
 
 def _train_and_report(config: TrainConfig) -> RunResult:
@@ -115,8 +116,8 @@ def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path
     out_dir = out_dir or Path("runs") / f"compare-{base.model}-{base.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = [(algo, seed) for algo in algos for seed in seeds]
-    results = train_all([configs[algo].replace(algo=algo, seed=seed, out=str(out_dir / f"{algo}-s{seed}"),
-                                               progress=False) for algo, seed in pairs], jobs)
+    results = list(train_all([configs[algo].replace(algo=algo, seed=seed, out=str(out_dir / f"{algo}-s{seed}"),
+                                                    progress=False) for algo, seed in pairs], jobs))
     runs: dict[str, list[RunResult]] = {}
     for (algo, _), result in zip(pairs, results):
         runs.setdefault(algo, []).append(result)

@@ -159,3 +159,12 @@ def test_c1_probe_for_the_rnn(name):
 
     unchanged = torch.equal(input_weight_update(name, False), input_weight_update(name, True))
     assert unchanged == ALGORITHMS.get(name).flags.no_weight_transport
+
+
+def test_diagnostics_are_zero_with_tied_theta():
+    """∠(Θ, W) and ∠(ΔW, BPTT's -∇W) for Θ_y and Θ_h: both vanish when Θ is tied to W."""
+    rule = create_algorithm("dll", small_rnn())
+    tie(rule)
+    diagnostics = rule.epoch_diagnostics(*sequence_batch())
+    assert set(diagnostics) == {"angle_theta_W/0", "angle_theta_W/1", "angle_update_grad/0", "angle_update_grad/1"}
+    assert max(diagnostics.values()) < 1e-3
