@@ -65,3 +65,15 @@ def test_missing_config_file_and_bad_override():
         load_config(None, ["lr"])
     with pytest.raises(ConfigError, match="nested keys start with 'model.' or 'algo.'"):
         load_config(None, ["data.size=3"])
+
+
+def test_exponent_numbers_are_floats_in_files_and_overrides(tmp_path):
+    # PyYAML (YAML 1.1) reads "1e-5" as a string; the rules' options would then fail their checks.
+    path = tmp_path / "c.yaml"
+    path.write_text("algo: dll\nlr: 5e-05\nalgo_args:\n  theta_lr: 1e-6\n")
+    config = load_config(path, ["algo.loss=mse", "weight_decay=1E-4"])
+    assert config.lr == 5e-05 and config.weight_decay == 1e-4
+    assert config.algo_args["theta_lr"] == 1e-6 and isinstance(config.algo_args["theta_lr"], float)
+    config = load_config(None, ["algo=dll", "algo.theta_lr=1e-5"])
+    assert config.algo_args == {"theta_lr": 1e-5}
+    config.validate()  # the rule's own check accepts the float

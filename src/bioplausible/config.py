@@ -8,6 +8,7 @@ passed to the architecture and to the learning rule and checked against their op
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,10 +138,29 @@ def load_config(
     return TrainConfig.from_dict(merged)
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does (PyYAML follows YAML 1.1,
+    whose floats need a dot, so ``lr: 1e-3`` or ``--set algo.theta_lr=1e-5`` would arrive as strings)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist") from None
     except yaml.YAMLError as exc:
@@ -161,7 +181,7 @@ def apply_override(merged: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set expects key=value, got '{item}'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: cannot parse value '{raw}'") from None
     head, dot, rest = key.partition(".")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..algorithms import LearningRule, create_algorithm
-from ..config import TrainConfig
+from ..config import TrainConfig, load_yaml
 from ..data import BatchAugment, BatchLoader, DataSplits, load_dataset
 from ..errors import ConfigError, DivergenceError
 from ..models import create_model
@@ -147,7 +147,7 @@ class Trainer:
         config_path = run_dir / "config.yaml"
         if not config_path.is_file():
             raise ConfigError(f"cannot resume: '{config_path}' does not exist")
-        values = yaml.safe_load(config_path.read_text())
+        values = load_yaml(config_path.read_text())
         trainer = cls(TrainConfig.from_dict({**values, "out": str(run_dir)}), **kwargs)
         trainer.load_state(load_checkpoint(run_dir / "checkpoint.pt", map_location=trainer.device))
         return trainer
