@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import torch
 
 from bioplausible.algorithms.layerwise import detached
@@ -11,13 +14,16 @@ def sgd0(groups):
     return torch.optim.SGD(groups, lr=0.0)  # the step leaves the weights, the grads stay readable
 
 
-def unit_losses(rule, x, y, h=None) -> list[torch.Tensor]:
+def unit_losses(rule, x, y, h=None, own_streams: bool = False) -> list[torch.Tensor]:
     """Every unit's loss on the detached output of the unit below, all graphs kept alive (the
-    input of unit 0 is ``x`` unless the rule streams something else, e.g. FF's pairs, given as ``h``)."""
+    input of unit 0 is ``x`` unless the rule streams something else, e.g. FF's pairs, given as ``h``).
+    Random draws come from the global RNG, or with ``own_streams`` from each unit's own stream
+    as in :meth:`train_step`."""
     losses, h, carry = [], x if h is None else h, None
     for i in range(len(rule.units)):
-        h = rule.forward_unit(i, detached(h))
-        loss, carry, _ = rule.unit_loss(i, h, carry, y)
+        with rule.unit_rng(i) if own_streams else contextlib.nullcontext():
+            h = rule.forward_unit(i, detached(h))
+            loss, carry, _ = rule.unit_loss(i, h, carry, y)
         losses.append(loss)
     return losses
 
@@ -55,18 +61,21 @@ def assert_steps_reduce_every_unit_loss(rule, x, y, steps: int = 20, lr: float =
     assert (after < before).all(), (before, after)
 
 
-def assert_schedule_equals_summed_backward(rule, x, y, streams=None, seed: int = 5):
+def assert_schedule_equals_summed_backward(rule, x, y, streams=None):
     """The per-unit schedule (:meth:`train_step`) leaves exactly the gradients of one backward of
-    the summed unit losses on every trainable tensor (``seed``: the same random draws, dropout
-    masks or negative labels, in both; ``streams(x, y)``, if given, builds unit 0's input after
-    the seed, as FF's negatives must be drawn). Returns the step's result."""
+    the summed unit losses on every trainable tensor. Both draw from the units' own random
+    streams, from the same start: the same dropout masks and negative labels (``streams(x, y)``,
+    if given, builds unit 0's input in unit 0's stream, as FF's train_unit does). Returns the
+    step's result."""
     rule.configure_optimizers(sgd0)
-    torch.manual_seed(seed)
+    start = copy.deepcopy(rule.unit_rng_states)
     result = rule.train_step(x, y)
     separate = {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
     rule.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    sum(unit_losses(rule, x, y, None if streams is None else streams(x, y))).backward()
+    rule.unit_rng_states = start
+    with rule.unit_rng(0):
+        h = None if streams is None else streams(x, y)
+    sum(unit_losses(rule, x, y, h, own_streams=True)).backward()
     together = {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
     assert separate.keys() == together.keys() == {n for n, p in rule.named_parameters() if p.requires_grad}
     for n in separate:

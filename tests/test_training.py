@@ -59,8 +59,9 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("algo", ["kp", "wm"])
+@pytest.mark.parametrize("algo", ["kp", "wm", "sll"])
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, algo):
+    """(SLL: its masks on R come from per-layer streams, which the checkpoint must restore.)"""
     values = dict(algo=algo, epochs=3, optimizer="sgd", lr=0.05, schedule="cosine", augment=["crop"], crop_padding=1)
     full = train(quick(tmp_path, "full", **values))
 

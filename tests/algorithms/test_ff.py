@@ -114,7 +114,7 @@ def test_each_layer_loss_reaches_only_its_own_layer(build):
 def test_per_layer_schedule_equals_one_backward_of_the_summed_losses(build):
     rule = create_algorithm("ff", BUILDS[build]())
     x, y = batch(rule.model)
-    # The same seed in both: the same negative labels.
+    # The same streams in both: the same negative labels.
     result = assert_schedule_equals_summed_backward(rule, x, y, rule.streams)
     # the training scores are the prediction's (weights unchanged by lr 0)
     torch.testing.assert_close(result.output, rule.predict(x))

@@ -97,7 +97,7 @@ def test_each_unit_loss_reaches_only_its_own_unit(name, build):
 @pytest.mark.parametrize("name", RULES)
 def test_per_unit_schedule_equals_one_backward_of_the_summed_losses(name, build):
     rule = create_algorithm(name, BUILDS[build]())
-    assert_schedule_equals_summed_backward(rule, *batch(rule.model))  # one seed: the same dropout masks
+    assert_schedule_equals_summed_backward(rule, *batch(rule.model))  # the same dropout masks in both
 
 
 @pytest.mark.parametrize("name", RULES)

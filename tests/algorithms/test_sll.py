@@ -5,6 +5,7 @@ and learning on digits and real MNIST."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -53,12 +54,12 @@ def test_separate_backwards_equal_one_backward_of_the_sum(case):
     build, hp = CASES[case]
     rule = create_algorithm("sll", build(), **hp)
     x, y = batch(rule.model)
-    torch.manual_seed(5)  # the same dropout masks on R in both passes
+    start = copy.deepcopy(rule.unit_rng_states)  # the same dropout masks on R in both passes
     for loss in rule.local_losses(x, y):
         loss.backward()
     separate = grads(rule)
     rule.model.zero_grad(set_to_none=True)
-    torch.manual_seed(5)
+    rule.unit_rng_states = start
     sum(rule.local_losses(x, y)).backward()
     together = grads(rule)
     assert separate.keys() == together.keys() == {n for n, p in rule.model.named_parameters()}
@@ -110,11 +111,11 @@ def test_train_step_applies_the_gradients_of_the_summed_local_losses():
     rule = create_algorithm("sll", small_mlp())
     rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.0))
     x, y = batch(rule.model)
-    torch.manual_seed(9)
+    start = copy.deepcopy(rule.unit_rng_states)  # the same masks: both draw from each layer's stream
     rule.train_step(x, y)
     stepped = grads(rule)
     rule.model.zero_grad(set_to_none=True)
-    torch.manual_seed(9)
+    rule.unit_rng_states = start
     sum(rule.local_losses(x, y)).backward()
     for n, g in grads(rule).items():
         assert torch.allclose(stepped[n], g, rtol=1e-12, atol=1e-14), n
@@ -210,6 +211,36 @@ def test_mask_changes_between_training_steps_and_is_absent_in_eval():
     rule.eval()
     assert torch.allclose(read_effective_r(proj), 0.5 * proj.weight)  # expectation p·R
     assert torch.equal(read_effective_r(proj), read_effective_r(proj))
+
+
+def test_each_layer_draws_its_masks_from_its_own_stream():
+    """A layer's masks do not depend on what was drawn before it (in a pipeline, the other
+    stages draw on other ranks), and the schedule leaves the global RNG alone."""
+    one, staged = (create_algorithm("sll", small_mlp(), keep_prob=0.5) for _ in range(2))
+    for rule in (one, staged):
+        rule.configure_optimizers(sgd)
+    x, y = batch(one.model)
+    before = torch.get_rng_state()
+    one.train_step(x, y)
+    assert torch.equal(torch.get_rng_state(), before)
+    h, carry = x, None
+    for i in range(len(staged.units)):
+        torch.rand(100)  # another stage's draws, in between
+        result = staged.run_unit(i, h, carry, y)
+        h, carry = result.h, result.carry
+    for (name, p), q in zip(one.named_parameters(), staged.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_streams_differ_between_layers_and_runs_and_repeat_with_the_seed():
+    def first_mask(seed, unit):
+        rule = create_algorithm("sll", small_mlp(seed=seed), keep_prob=0.5)  # small_mlp seeds torch
+        with rule.unit_rng(unit):
+            return rule.projections[0].mask()
+
+    assert torch.equal(first_mask(0, 0), first_mask(0, 0))
+    assert not torch.equal(first_mask(0, 0), first_mask(0, 1))
+    assert not torch.equal(first_mask(0, 0), first_mask(1, 0))
 
 
 # ---------------------------------------------------------------------- memory

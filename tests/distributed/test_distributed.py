@@ -9,16 +9,22 @@ gloo abort at teardown cannot hide or fake a result. Oracles:
   process emulating two replicas that average each optimizer's gradients (and BatchNorm's
   running statistics) -- and the two ranks' rule states are bitwise identical;
 * the replica check names a feedback matrix perturbed on one rank;
-* layer-parallel SLL over 2 stages, pipeline depths 1 and 2, after 200 micro-batches: bitwise
-  the weights and the metrics of a single-process run;
+* layer-parallel SLL (with masks on R and dropout) and DGL (a conv net with auxiliary heads)
+  over 2 stages, pipeline depths 1 and 2, after 200 micro-batches: bitwise the weights and the
+  metrics of a single-process run; likewise local losses and FF with dropout, depth 2;
 * resuming a data-parallel or a layer-parallel run under two ranks ends with the metrics of an
   uninterrupted run;
+* a NaN loss seen by one rank only stops every rank with the same DivergenceError (data- and
+  layer-parallel), instead of leaving the other waiting in a collective;
+* data-parallel evaluation: each rank scores its share of the test batches, and every rank
+  reports exactly the figures of a single process scoring them all;
 * a rule with top-down signals refuses ``layer_parallel`` with a clear message (in process).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -111,29 +117,60 @@ def test_replica_check_names_the_desynchronised_feedback_matrix(results):
 
 
 # ---------------------------------------------------------------------- layer parallelism
-@pytest.fixture(scope="module")
-def single_process_sll(tmp_path_factory):
+def single_process(out: Path, config, data):
     from bioplausible.training import Trainer
 
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("sll-single")
-    result = Trainer(worker.lp_config(out, 2, False), data=worker.tiny_data()).fit()
+    result = Trainer(config, data=data).fit()
     return result, torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def single_process_sll(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sll-single")
+    return single_process(out, worker.lp_config(out, 2, False), worker.tiny_data())
+
+
+@pytest.fixture(scope="module")
+def single_process_dgl(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dgl-single")
+    return single_process(out, worker.dgl_config(out, 2, False), worker.tiny_data(worker.DGL_SHAPE))
+
+
+def assert_bitwise_a_single_process(ranks, run_dir: Path, single, reference, what: str) -> None:
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["rule"].keys() == reference["rule"].keys()
+    for key, value in reference["rule"].items():
+        assert torch.equal(checkpoint["rule"][key], value), f"{what}: '{key}' differs from one process"
+    # the units' random streams as one process leaves them, gathered from their stages
+    assert checkpoint["rng"]["units"].keys() == reference["rng"]["units"].keys()
+    for unit, states in reference["rng"]["units"].items():
+        assert torch.equal(checkpoint["rng"]["units"][unit]["cpu"], states["cpu"]), f"{what}: unit {unit}'s stream"
+    for rank in ranks:  # every rank reports the metrics the last stage measured
+        for got, want in zip(rank["history"], single.history, strict=True):
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                assert got[key] == want[key], f"{what}: {key}"
 
 
 @pytest.mark.parametrize("depth", [1, 2])
 def test_layer_parallel_sll_is_bitwise_a_single_process(results, single_process_sll, depth):
     ranks = results(f"lp_depth{depth}")
-    single, reference = single_process_sll
     assert ranks[0]["summary"]["distributed"]["stages"] == [(0, 2), (2, 4)]
-    checkpoint = torch.load(results.out / f"lp{depth}" / "checkpoint.pt", weights_only=True)
-    assert checkpoint["rule"].keys() == reference["rule"].keys()
-    for key, value in reference["rule"].items():
-        assert torch.equal(checkpoint["rule"][key], value), f"depth {depth}: '{key}' differs from one process"
-    for rank in ranks:  # every rank reports the metrics the last stage measured
-        for got, want in zip(rank["history"], single.history, strict=True):
-            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-                assert got[key] == want[key], f"depth {depth}: {key}"
+    assert_bitwise_a_single_process(ranks, results.out / f"lp{depth}", *single_process_sll, f"sll, depth {depth}")
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_layer_parallel_dgl_is_bitwise_a_single_process(results, single_process_dgl, depth):
+    ranks = results(f"lp_dgl_depth{depth}")
+    assert len(ranks[0]["summary"]["distributed"]["stages"]) == 2  # 3 modules, cut by measured cost
+    assert_bitwise_a_single_process(ranks, results.out / f"lp_dgl{depth}", *single_process_dgl, f"dgl, depth {depth}")
+
+
+@pytest.mark.parametrize("algo", worker.DRAWING_RULES)
+def test_layer_parallel_rules_with_dropout_are_bitwise_a_single_process(results, tmp_path, algo):
+    ranks = results(f"lp_{algo}")
+    reference = single_process(tmp_path, worker.drawing_config(algo, tmp_path, False), worker.tiny_data())
+    assert_bitwise_a_single_process(ranks, results.out / f"lp_{algo}", *reference, algo)
 
 
 def test_top_down_rule_refuses_layer_parallel():
@@ -152,3 +189,27 @@ def test_resume_under_two_ranks_equals_an_uninterrupted_run(results, scenario):
         for got, want in zip(rank["resumed"], rank["full"]):
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 assert got[key] == want[key], key
+
+
+# ---------------------------------------------------------------------- divergence on one rank
+@pytest.mark.parametrize("scenario, message", [
+    ("diverge_dp", r"epoch 1, step 1: loss is (nan|not finite) on rank\(s\) \[1\]"),
+    ("diverge_lp", r"epoch 1, step 1: loss is nan on the last stage \(rank 1\)"),
+])
+def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(results, scenario, message):
+    for rank in results(scenario):
+        assert rank["error"] is not None, f"{scenario}: a rank trained on without stopping"
+        assert re.search(message, rank["error"]), rank["error"]
+
+
+# ---------------------------------------------------------------------- sharded evaluation
+def test_each_rank_scores_its_share_and_all_report_the_single_process_figures(results):
+    from bioplausible.training import Trainer
+
+    ranks = results("eval_shard")
+    assert [rank["scored"] for rank in ranks] == [[1000, 500], [1000]]
+    torch.set_num_threads(1)
+    single = Trainer.from_run_dir(results.out / "eval_shard", data=worker.tiny_data(n_test=worker.EVAL_TEST))
+    figures = single.evaluate(single.data.test, "test")  # the checkpoint's weights, one process
+    for rank in ranks:
+        assert figures == {key: rank["history"][-1][key] for key in figures}

@@ -7,13 +7,20 @@ may abort at teardown), and the test reads those files:
   single-process emulation (each shard's update computed separately, averaged, then stepped);
 * ``replicas``: the replica check passes on synchronised FA replicas, then catches a feedback
   matrix perturbed on rank 1;
-* ``lp_depth<D>``: layer-parallel SLL through the trainer (checkpoint written by rank 0);
+* ``lp_depth<D>`` / ``lp_dgl_depth<D>``: layer-parallel SLL (masks on R and dropout) / DGL on a
+  small conv net through the trainer (checkpoint written by rank 0); ``lp_<rule>``: the other
+  layer-local rules that draw random numbers (dropout; FF's negative labels), depth 2;
 * ``resume`` / ``lp_resume``: a data-parallel / layer-parallel run resumed under two ranks
-  equals an uninterrupted one.
+  equals an uninterrupted one;
+* ``diverge_dp`` / ``diverge_lp``: one rank's training data are NaN; every rank records the
+  DivergenceError it stopped with;
+* ``eval_shard``: a data-parallel run whose test set spans three evaluation batches; each rank
+  records the batches it scored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -27,6 +34,7 @@ torch.set_num_threads(1)
 from bioplausible.algorithms import ALGORITHMS, create_algorithm  # noqa: E402
 from bioplausible.config import TrainConfig  # noqa: E402
 from bioplausible.data.datasets import DataSplits  # noqa: E402
+from bioplausible.errors import DivergenceError  # noqa: E402
 from bioplausible.models import create_model  # noqa: E402
 from bioplausible.training import Trainer  # noqa: E402
 from bioplausible.training.distributed import DEFAULT_BUFFER_REDUCTIONS, ReplicaMismatchError, setup  # noqa: E402
@@ -168,30 +176,80 @@ def replicas(ctx) -> dict:
         return {"error": str(exc)}
 
 
-def tiny_data() -> DataSplits:
+def tiny_data(shape: tuple[int, ...] = (1, 4, 4), n_test: int = 200) -> DataSplits:
     g = torch.Generator().manual_seed(3)
-    centers = torch.randn(5, 1, 4, 4, generator=g)
+    centers = torch.randn(5, *shape, generator=g)
 
     def split(n):
         y = torch.randint(0, 5, (n,), generator=g)
-        return centers[y] + 0.7 * torch.randn(n, 1, 4, 4, generator=g), y
+        return centers[y] + 0.7 * torch.randn(n, *shape, generator=g), y
 
-    return DataSplits("tiny", split(600), split(200), None, (1, 4, 4), 5)
+    return DataSplits("tiny", split(600), split(n_test), None, shape, 5)
+
+
+DGL_SHAPE = (1, 8, 8)  # the smallest image the generic cnn pools twice
 
 
 def lp_config(out: Path, depth: int, layer_parallel: bool) -> TrainConfig:
-    """SLL on a 4-block MLP, 200 micro-batches. keep_prob = 1: SLL's masks come from the global
-    RNG, which each stage draws from its own stream, so with masks the runs differ (in value,
-    not in distribution) from a single process."""
+    """SLL on a 4-block MLP with dropout, masks on R kept with probability 0.5, 200 micro-batches:
+    every unit draws random numbers, from its own stream."""
     return TrainConfig(algo="sll", model="mlp", dataset="digits", epochs=1, batch_size=3, lr=1e-2,
-                       model_args={"hidden": [16, 16, 16], "activation": "relu"},
-                       algo_args={"keep_prob": 1.0}, num_threads=1, progress=False,
+                       model_args={"hidden": [16, 16, 16], "activation": "relu", "dropout": 0.1},
+                       algo_args={"keep_prob": 0.5}, num_threads=1, progress=False,
                        layer_parallel=layer_parallel, pipeline_depth=depth, out=str(out))
 
 
-def layer_parallel(ctx, out: Path, depth: int) -> dict:
-    result = Trainer(lp_config(out / f"lp{depth}", depth, True), data=tiny_data()).fit()
+DRAWING_RULES = ("local_pred", "ff")  # besides SLL: dropout in every unit, and FF's negative labels
+
+
+def drawing_config(algo: str, out: Path, layer_parallel: bool) -> TrainConfig:
+    """``algo`` on lp_config's MLP with dropout, depth 2."""
+    return lp_config(out, 2, layer_parallel).replace(algo=algo, algo_args={})
+
+
+def dgl_config(out: Path, depth: int, layer_parallel: bool) -> TrainConfig:
+    """DGL on a conv net of 3 modules (conv, conv, the two linear blocks), its auxiliary heads
+    with BatchNorm, 200 micro-batches on 8x8 images."""
+    return TrainConfig(algo="dgl", model="cnn", dataset="digits", epochs=1, batch_size=3, lr=1e-2,
+                       model_args={"channels": [4, 4], "hidden": 8}, algo_args={"head_width": 8},
+                       num_threads=1, progress=False, layer_parallel=layer_parallel, pipeline_depth=depth,
+                       out=str(out))
+
+
+def layer_parallel(config: TrainConfig, data: DataSplits) -> dict:
+    result = Trainer(config, data=data).fit()
     return {"history": result.history, "summary": result.summary}
+
+
+def diverge(ctx, out: Path, layer_parallel: bool) -> dict:
+    """Training data that are NaN on one rank only (a pipeline's first stage, which alone reads
+    them; rank 1 for data parallelism): the error every rank stopped with, or None."""
+    data = tiny_data()
+    if ctx.rank == (0 if layer_parallel else 1):
+        x, y = data.train
+        data = dataclasses.replace(data, train=(torch.full_like(x, float("nan")), y))
+    if layer_parallel:
+        config = lp_config(out / "diverge_lp", 2, True)
+    else:
+        config = TrainConfig(algo="bp", model="mlp", dataset="digits", epochs=1, batch_size=8, num_threads=1,
+                             progress=False, model_args={"hidden": [16]}, out=str(out / "diverge_dp"))
+    try:
+        Trainer(config, data=data).fit()
+        return {"error": None}
+    except DivergenceError as exc:
+        return {"error": str(exc)}
+
+
+EVAL_TEST = 2500  # three evaluation batches of at most 1000: two for rank 0, one for rank 1
+
+
+def eval_shard(ctx, out: Path) -> dict:
+    trainer = Trainer(TrainConfig(algo="fa", model="mlp", dataset="digits", epochs=1, batch_size=16, num_threads=1,
+                                  progress=False, model_args={"hidden": [16]}, out=str(out / "eval_shard")),
+                      data=tiny_data(n_test=EVAL_TEST))
+    scored, predict = [], trainer.rule.predict
+    trainer.rule.predict = lambda x: (scored.append(len(x)), predict(x))[1]
+    return {"history": trainer.fit().history, "scored": scored}
 
 
 def dp_resume(ctx, out: Path) -> dict:
@@ -229,8 +287,15 @@ def main() -> None:
     ctx = setup("cpu", num_threads=1)
     scenarios = {f"dp_{name}": (lambda n=name: data_parallel(ctx, n)) for name in ALGORITHMS.names()}
     scenarios["replicas"] = lambda: replicas(ctx)
-    scenarios["lp_depth1"] = lambda: layer_parallel(ctx, out, 1)
-    scenarios["lp_depth2"] = lambda: layer_parallel(ctx, out, 2)
+    for d in (1, 2):
+        scenarios[f"lp_depth{d}"] = lambda d=d: layer_parallel(lp_config(out / f"lp{d}", d, True), tiny_data())
+        scenarios[f"lp_dgl_depth{d}"] = lambda d=d: layer_parallel(dgl_config(out / f"lp_dgl{d}", d, True),
+                                                                   tiny_data(DGL_SHAPE))
+    for algo in DRAWING_RULES:
+        scenarios[f"lp_{algo}"] = lambda a=algo: layer_parallel(drawing_config(a, out / f"lp_{a}", True), tiny_data())
+    scenarios["diverge_dp"] = lambda: diverge(ctx, out, False)
+    scenarios["diverge_lp"] = lambda: diverge(ctx, out, True)
+    scenarios["eval_shard"] = lambda: eval_shard(ctx, out)
     scenarios["resume"] = lambda: dp_resume(ctx, out)
     scenarios["lp_resume"] = lambda: lp_resume(ctx, out)
     for name, run in scenarios.items():

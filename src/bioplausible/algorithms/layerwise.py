@@ -16,13 +16,22 @@ auxiliary modules (:meth:`unit_modules`: heads, decoders; trained by the unit's 
 defines :meth:`unit_loss`. ``carry`` is whatever a unit passes to the next besides its
 activations (SLL: its projection ``v_i``, the next unit's Bhattacharyya target); it must be
 detached.
+
+Every unit draws its random numbers (dropout, SLL's masks on R, Forward-Forward's negative
+labels) from its own stream, seeded from the run's seed and the unit's index
+(:meth:`LayerwiseRule.unit_rng`). With one global stream, what unit ``i`` draws would depend on
+how many numbers the units before it drew first, which differs between one process and a
+pipeline whose stages keep their own generators; with one stream per unit a pipeline stage
+draws exactly what its units draw in one process.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,6 +65,15 @@ class LayerwiseRule(LearningRule):
     update_kind = "autograd"
     units: list[list[nn.Module]]
 
+    def __init__(self, model: nn.Module, **hyperparameters):
+        super().__init__(model, **hyperparameters)
+        # The run's seed: torch's seed when the rule first draws (the trainer seeds torch with
+        # config.seed; a test's torch.manual_seed before the first step still sets the draws).
+        self.rng_seed: int | None = None
+        # Unit -> generator device ("cpu", "cuda:0") -> that generator's state in the unit's stream;
+        # created on first use, saved in checkpoints by the trainer.
+        self.unit_rng_states: dict[int, dict[str, torch.Tensor]] = {}
+
     @classmethod
     def supports(cls, model: nn.Module) -> str | None:
         from ..models.base import Network
@@ -83,6 +101,37 @@ class LayerwiseRule(LearningRule):
         for block in self.units[i]:
             h = block(h)
         return h
+
+    # ------------------------------------------------------------------ random streams
+    def unit_seed(self, i: int) -> int:
+        """The seed of unit ``i``'s stream, mixed from the run's seed and ``i`` (so the streams of
+        different units, and the global stream seeded with the run's seed, are unrelated)."""
+        return int(np.random.SeedSequence([self.rng_seed, i]).generate_state(1, np.uint64)[0])
+
+    @contextmanager
+    def unit_rng(self, i: int) -> Iterator[None]:
+        """Run the body with the global CPU generator (and that of the rule's GPU) continuing unit
+        ``i``'s own stream; the global state is restored afterwards. Code that draws from the
+        global RNG (``nn.Dropout``, ``torch.bernoulli``) needs no generator argument this way."""
+        if self.rng_seed is None:
+            self.rng_seed = torch.initial_seed()
+        device = next(self.model.parameters()).device
+        generators = [torch.default_generator]
+        if device.type == "cuda":
+            generators.append(torch.cuda.default_generators[device.index])
+        states = self.unit_rng_states.setdefault(i, {})
+        saved = [g.get_state() for g in generators]
+        for g in generators:
+            key = str(g.device)
+            if key not in states:
+                states[key] = torch.Generator(g.device).manual_seed(self.unit_seed(i)).get_state()
+            g.set_state(states[key])
+        try:
+            yield
+        finally:
+            for g, state in zip(generators, saved):
+                states[str(g.device)] = g.get_state()
+                g.set_state(state)
 
     # ------------------------------------------------------------------ the schedule
     def unit_parameter_groups(self, i: int) -> list[dict]:
@@ -119,13 +168,19 @@ class LayerwiseRule(LearningRule):
                           None if loss is None else loss.detach(),
                           None if output is None else output.detach())
 
+    def run_unit(self, i: int, h, carry, y: torch.Tensor) -> UnitResult:
+        """:meth:`train_unit` drawing from unit ``i``'s own stream: what the schedule runs, in one
+        process (:meth:`train_step`) or as a pipeline stage."""
+        with self.unit_rng(i):
+            return self.train_unit(i, h, carry, y)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         if not self.optimizers:
             raise RuntimeError("call configure_optimizers() before train_step()")
         self.model.check_input(x)
         h, carry = x, None
         for i in range(len(self.units)):
-            result = self.train_unit(i, h, carry, y)
+            result = self.run_unit(i, h, carry, y)
             h, carry = result.h, result.carry
         self.after_step()
         return StepResult(result.loss, result.output)

@@ -246,7 +246,8 @@ class MLAAN(AuxiliaryRule):
         last = len(self.units) - 1
         for t in range(len(self.units)):
             inp = h.detach().requires_grad_(self.chained[t])
-            out = self.forward_unit(t, inp)
+            with self.unit_rng(t):  # the draws (dropout) of run_unit, which a pipeline stage runs
+                out = self.forward_unit(t, inp)
             if t == last:  # the model's own classifier, plain CE
                 scores = out
                 loss = F.cross_entropy(out, y)

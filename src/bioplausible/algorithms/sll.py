@@ -129,7 +129,9 @@ class RandomProjection(nn.Module):
         self.keep_prob = keep_prob
 
     def mask(self) -> torch.Tensor:
-        # The global RNG, so the trainer's checkpoints restore the mask sequence on resume.
+        # The global RNG, which the layer-wise schedule points at this layer's own stream while
+        # the layer trains (LayerwiseRule.unit_rng): the same masks in one process and in a
+        # pipeline stage, restored from checkpoints on resume.
         return torch.bernoulli(torch.full_like(self.weight, self.keep_prob))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -207,15 +209,17 @@ class StochasticLayerwiseLearning(LayerwiseRule):
         return ce + self.bc_weights[i - 1] * bc, ce.detach(), bc.detach()
 
     def local_losses(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's loss, each on the detached output of the layer below (one graph per
-        layer, all kept alive: for tests and for the sum-vs-separate locality check)."""
+        """Every layer's loss, each on the detached output of the layer below, drawing from each
+        layer's own stream as :meth:`train_step` does (one graph per layer, all kept alive: for
+        tests and for the sum-vs-separate locality check)."""
         losses, h, parent = [], x, None
         for i in range(len(self.units)):
-            h = self.forward_unit(i, h.detach())
-            if i == len(self.projections):  # head="model": the model's own head, plain CE
-                losses.append(F.cross_entropy(h, y))
-                break
-            v = self.project(i, h)
+            with self.unit_rng(i):
+                h = self.forward_unit(i, h.detach())
+                if i == len(self.projections):  # head="model": the model's own head, plain CE
+                    losses.append(F.cross_entropy(h, y))
+                    break
+                v = self.project(i, h)
             losses.append(self.layer_loss(i, v, parent, y)[0])
             parent = v.detach()
         return losses

@@ -97,6 +97,21 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def sum_(self, tensor: torch.Tensor) -> None:
+        """Sum ``tensor`` over ranks in place (a no-op in one process)."""
+        if self.enabled:
+            dist.all_reduce(tensor)
+
+    def ranks_where(self, flag: bool) -> list[int]:
+        """The ranks on which ``flag`` holds, known to every rank (one all-reduce): lets every rank
+        take the same decision, e.g. to stop, where only some ranks see the reason."""
+        if not self.enabled:
+            return [self.rank] if flag else []
+        flags = torch.zeros(self.world_size, device=self.device)
+        flags[self.rank] = float(flag)
+        dist.all_reduce(flags)
+        return flags.nonzero().flatten().tolist()
+
     def _object_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
 

@@ -7,10 +7,10 @@ the labels -- with no message from above. So rank ``k`` can own a contiguous ran
 (forward, local loss, backward, its optimizers' step), then sends the detached ``(h, carry, y)``
 to rank ``k+1`` with ``isend`` and goes on with the next micro-batch while at most ``depth``
 sends are in flight. Each stage handles the stream in order, so micro-batch ``t`` meets exactly
-the weights it would meet in one process: with deterministic units the final weights are
-bitwise those of a single process (tested). Randomness drawn from the global RNG inside units
-(SLL's masks) is drawn from each rank's own stream, so a stochastic rule matches a single
-process in distribution, not bit for bit.
+the weights it would meet in one process, and every unit draws its random numbers (dropout,
+SLL's masks) from its own stream (:meth:`LayerwiseRule.unit_rng`), the same on whichever rank
+it runs: the final weights are bitwise those of a single process (tested for SLL with masks and
+dropout, DGL on a conv net, local losses and FF with dropout).
 
 * Every rank builds the whole rule from the seed (identical initial weights) and trains only
   its stage; the rest of its copy is stale until a checkpoint gathers it.
@@ -21,8 +21,12 @@ process in distribution, not bit for bit.
   ``END``): evaluation batches run through the same stages in eval mode and the last stage
   scores them; ``END`` drains the stream at the end of an epoch.
 * Checkpoints are taken at micro-batch boundaries (end of an epoch, stream drained): rank 0
-  gathers each stage's tensors and optimizer states and writes a checkpoint identical in form
-  to a single-process one, so a run can resume with or without layer parallelism.
+  gathers each stage's tensors, optimizer states and unit random streams and writes a
+  checkpoint identical in form to a single-process one, so a run can resume with or without
+  layer parallelism.
+* A non-finite loss on the last stage stops its training but not the stream: it drains the
+  epoch's messages, and the error travels with the epoch's metrics, so every rank stops with
+  the same :class:`~bioplausible.errors.DivergenceError` instead of waiting on a dead peer.
 * Rules with top-down signals (``layer_local = False``: DFA's output error, PC, EP, DTP) change
   meaning if pipelined and are refused.
 """
@@ -98,7 +102,7 @@ def measure_unit_costs(rule, x: torch.Tensor, y: torch.Tensor, repeats: int = 3)
             h, carry = x, None
             for i in range(len(probe.units)):
                 start = time.perf_counter()
-                result = probe.train_unit(i, h, carry, y)
+                result = probe.run_unit(i, h, carry, y)
                 if x.device.type == "cuda":
                     torch.cuda.synchronize(x.device)
                 costs[i] = min(costs[i], time.perf_counter() - start)
@@ -212,7 +216,7 @@ class LayerPipeline:
     def train_stage(self, h, carry, y):
         result = None
         for i in range(self.first, self.end):
-            result = self.rule.train_unit(i, h, carry, y)
+            result = self.rule.run_unit(i, h, carry, y)
             h, carry = result.h, result.carry
         self.rule.after_step()
         return result
@@ -236,6 +240,7 @@ class LayerPipeline:
         tracker = MetricTracker(task, self.ctx.device)
         evals = {name: [0.0, MetricTracker(task, self.ctx.device), 0] for name, _ in splits}
         start, train_seconds = time.perf_counter(), None
+        diverged = None  # (step, what): the last stage's first non-finite loss
         if self.is_first:
             trainer.train_loader.set_epoch(epoch)
             batches = iter(trainer.train_loader)
@@ -253,21 +258,25 @@ class LayerPipeline:
                     self.stream.send(EVAL, split, (self.eval_stage(x), y))
             self.stream.send(END, 0, None)
         else:
+            step = 0
             while True:
                 kind, split, payload = self.stream.recv()
                 if kind == TRAIN:
                     h, carry, y = payload
+                    if diverged is not None:
+                        continue  # drain the epoch: the error is raised on every rank below
                     rule.train()
                     result = self.train_stage(h, carry, y)
                     step_schedulers(trainer.schedulers)
                     if self.is_last:
                         if not torch.isfinite(result.loss):
-                            trainer.diverged(epoch, seen // max(len(y), 1), f"loss is {result.loss.item()}")
+                            diverged = (step, f"loss is {result.loss.item()} on the last stage (rank {self.ctx.rank})")
                         loss_sum += result.loss * len(y)
                         tracker.update(result.output, y)
                         seen += len(y)
                     else:
                         self.stream.send(TRAIN, 0, (result.h, result.carry, y))
+                    step += 1
                 elif kind == EVAL:
                     train_seconds = time.perf_counter() - start if train_seconds is None else train_seconds
                     h, y = payload
@@ -288,7 +297,9 @@ class LayerPipeline:
         self.stream.drain()
         rule.train()
         metrics = None
-        if self.is_last:
+        if self.is_last and diverged is not None:
+            metrics = {"diverged": diverged}
+        elif self.is_last:
             epoch_seconds = train_seconds  # training only, as Trainer.run_epoch measures it
             metrics = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1), **tracker.compute("train")}
             for name, (total, tr, count) in evals.items():
@@ -296,7 +307,10 @@ class LayerPipeline:
             metrics.update(lr=trainer.optimizers[0].param_groups[0]["lr"], epoch_seconds=epoch_seconds,
                            samples_per_second=seen / epoch_seconds, data_fraction=0.0,
                            peak_memory_mb=trainer.peak_memory_mb(), stage_share=self.balance()["stage_share"])
-        return self.ctx.broadcast_object(metrics, src=self.ctx.world_size - 1)
+        metrics = self.ctx.broadcast_object(metrics, src=self.ctx.world_size - 1)
+        if "diverged" in metrics:
+            trainer.diverged(epoch, *metrics["diverged"])
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
     def owned_state(self) -> dict:
@@ -311,11 +325,13 @@ class LayerPipeline:
 
     def gather_state(self, state: dict) -> dict | None:
         """On rank 0: ``state`` (a trainer checkpoint of rank 0's copy) with every stage's tensors,
-        optimizer states and RNG state filled in from its owner; ``None`` on other ranks."""
+        optimizer states, unit random streams and global RNG state filled in from its owner;
+        ``None`` on other ranks."""
         mine = {"rule": self.owned_state(),
                 "optimizers": {j: opt.state_dict() for j, opt in enumerate(self.rule.optimizers)
                                if self.optimizer_owner[j] == self.ctx.rank},
-                "rng": torch.get_rng_state()}
+                "rng": torch.get_rng_state(),
+                "unit_rng": {i: s for i, s in self.rule.unit_rng_states.items() if self.first <= i < self.end}}
         buffer = io.BytesIO()
         torch.save(mine, buffer)
         gathered = [None] * self.ctx.world_size if self.ctx.is_main else None
@@ -327,6 +343,7 @@ class LayerPipeline:
             state["rule"].update(part["rule"])
             for j, s in part["optimizers"].items():
                 state["optimizers"][j] = s
+            state["rng"]["units"].update(part["unit_rng"])
         state["rng_ranks"] = [part["rng"] for part in parts]
         return state
 

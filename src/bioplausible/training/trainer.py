@@ -6,7 +6,11 @@ device), ``checkpoint.pt`` (rewritten atomically after every epoch) and, when as
 TensorBoard events under ``tensorboard/``. ``resume(run_dir)`` continues from the checkpoint
 and, in deterministic mode, ends with exactly the metrics of an uninterrupted run: data order
 and augmentation are functions of (seed, epoch), and the global RNG (used by rules: mirror
-noise, dropout) is restored from the checkpoint.
+noise, dropout) and the layer-local rules' per-unit streams are restored from the checkpoint.
+
+Under ``torchrun`` the epoch's divergence checks agree across ranks (one rank's NaN stops every
+rank with the same error instead of leaving the others waiting in a collective), and the test
+and validation sets are scored in shards, one part per rank, with the figures of one process.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..algorithms import LearningRule, create_algorithm
+from ..algorithms.layerwise import LayerwiseRule
 from ..config import TrainConfig, load_yaml
 from ..data import BatchAugment, BatchLoader, DataSplits, load_dataset
 from ..errors import ConfigError, DivergenceError
@@ -156,6 +161,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if isinstance(self.rule, LayerwiseRule):  # a copy: a pipeline fills in other ranks' units
+            rng["units"] = {i: dict(states) for i, states in self.rule.unit_rng_states.items()}
         return {
             "epoch": epoch,
             "rule": self.rule.state_dict(),
@@ -175,6 +182,9 @@ class Trainer:
         random.setstate(state["rng"]["python"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        if "units" in state["rng"] and isinstance(self.rule, LayerwiseRule):
+            self.rule.unit_rng_states = {i: {key: t.cpu() for key, t in states.items()}
+                                         for i, states in state["rng"]["units"].items()}
         self.history = list(state["history"])
         self.start_epoch = state["epoch"] + 1
         if self.pipeline is not None:  # distributed: every stage continues its own RNG stream
@@ -238,8 +248,8 @@ class Trainer:
             result = self.rule.train_step(x, y)
             for scheduler in self.schedulers:
                 scheduler.step()
-            if step % cfg.check_finite_every == 0 and not torch.isfinite(result.loss):
-                self.diverged(epoch, step, f"loss is {result.loss.item()}")
+            if step % cfg.check_finite_every == 0:
+                self.check_finite(epoch, step, result.loss)
             loss_sum += result.loss * len(y)
             tracker.update(result.output, y)
             seen += len(y)
@@ -249,9 +259,12 @@ class Trainer:
         epoch_seconds = time.perf_counter() - start
         bar.close()
         seen = self.dist.sum_train_metrics(loss_sum, tracker, seen)  # distributed: over all shards
-        for name, p in self.rule.state_dict().items():
-            if p.is_floating_point() and not torch.isfinite(p).all():
-                self.diverged(epoch, self.steps_per_epoch - 1, f"'{name}' has non-finite values")
+        bad = next((name for name, p in self.rule.state_dict().items()
+                    if p.is_floating_point() and not torch.isfinite(p).all()), None)
+        ranks = self.dist.ranks_where(bad is not None)  # distributed: every rank stops, or none
+        if ranks:
+            what = f"'{bad}' has non-finite values" if bad is not None else "the rule state has non-finite values"
+            self.diverged(epoch, self.steps_per_epoch - 1, what + self.on_ranks(ranks))
 
         metrics = {
             "epoch": epoch + 1,
@@ -272,17 +285,42 @@ class Trainer:
         )
         return metrics
 
+    def check_finite(self, epoch: int, step: int, loss: torch.Tensor) -> None:
+        """Stop with :class:`DivergenceError` if the loss is not finite here (in one process) or on
+        any rank (distributed: every rank takes the same decision)."""
+        ranks = self.dist.ranks_where(not torch.isfinite(loss))
+        if ranks:
+            what = f"loss is {loss.item()}" if self.dist.rank in ranks else "loss is not finite"
+            self.diverged(epoch, step, what + self.on_ranks(ranks))
+
+    def on_ranks(self, ranks: list[int]) -> str:
+        return f" on rank(s) {ranks}" if self.dist.enabled else ""
+
     @torch.no_grad()
     def evaluate(self, split: tuple[torch.Tensor, torch.Tensor], prefix: str, batch_size: int = 1000) -> dict:
+        """Loss and metrics on ``split``, in batches of ``batch_size``. Distributed (a collective:
+        every rank calls it): rank r scores batches r, r + world, ..., and every rank adds the
+        batches' sums up in batch order, so every rank reports exactly what one process scoring
+        every batch reports."""
         self.rule.eval()
         x_all, y_all = split
-        loss_sum, tracker = 0.0, MetricTracker(self.data.task, self.device)
-        for i in range(0, len(y_all), batch_size):
-            x = x_all[i:i + batch_size].to(self.device)
-            y = y_all[i:i + batch_size].to(self.device)
+        starts = range(0, len(y_all), batch_size)
+        rows = torch.zeros(len(starts), 4, dtype=torch.float64, device=self.device)  # loss·n, 2 sums, count
+        for j in range(self.dist.rank, len(starts), self.dist.world_size):
+            x = x_all[starts[j]:starts[j] + batch_size].to(self.device)
+            y = y_all[starts[j]:starts[j] + batch_size].to(self.device)
             output = self.rule.predict(x)
-            loss_sum += self.rule.loss(output, y).item() * len(y)
-            tracker.update(output, y)
+            batch = MetricTracker(self.data.task, self.device)
+            batch.update(output, y)
+            rows[j, 0] = self.rule.loss(output, y).item() * len(y)
+            rows[j, 1:3] = batch.sums
+            rows[j, 3] = batch.count
+        self.dist.sum_(rows)  # each row is nonzero on one rank only, so the sum is exact
+        loss_sum, tracker = 0.0, MetricTracker(self.data.task, self.device)
+        for row in rows:  # in batch order, as one process accumulates
+            loss_sum += row[0].item()
+            tracker.sums += row[1:3]
+            tracker.count += int(row[3].item())
         self.rule.train()
         return {f"{prefix}_loss": loss_sum / len(y_all), **tracker.compute(prefix)}
 
