@@ -22,17 +22,25 @@ free steps.
 
 Speed (the issue's point): (2) is evaluated in closed form under ``torch.no_grad`` (no autograd
 through Φ), ``W_1 x + b_1`` is computed once per batch, and the ``±β`` phases run together as
-one batch of ``2B`` rows. :class:`EquilibriumRule` holds this machinery for any *dynamics*
-object (the Linear chain here, the dendritic network of ``models/dendritic.py`` for DEP) that
-offers ``synapses()``, ``input_drive(x, syn)``, ``zero_states(batch, like)``, ``step(states,
-drive, syn, target, beta)``, ``local_gradients(x, drive, states, weights, syn)`` and
-``parameters_in_order()`` (the order of the local gradients).
+one batch of ``2B`` rows. A relaxation step costs a few tiny kernels, so their number and
+layout are what counts: :meth:`EquilibriumRule.relax` runs on column vectors ``sᵀ [width, B]``
+(``models/dynamics.py``: MKL's products into the 10 output units are 2-3x faster so), adds the
+terms that are constant through a phase (``W_1 x + b_1``, the biases, ``β y``) from one column
+per layer computed once, and writes each step into preallocated buffers: per layer and step,
+one product per neighbouring layer, the nudge ``-β s_N`` on the output, and σ, no allocation.
+
+:class:`EquilibriumRule` holds this machinery for any *dynamics* object (the Linear chain here,
+the dendritic network of ``models/dendritic.py`` for DEP) that offers ``synapses()``,
+``input_drive(x, syn)``, ``zero_states(batch, like)``, the steps of
+:class:`~bioplausible.models.dynamics.ColumnDynamics` (``constant_columns``, ``step_columns``,
+``step``), ``local_gradients(x, drive, states, weights, syn)`` and ``parameters_in_order()``
+(the order of the local gradients).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +48,8 @@ from torch import nn
 
 from . import register_algorithm
 from ..errors import ConfigError, require_non_negative, require_positive
-from ..models.dynamics import fold_halves, state_activation
+from ..models.dynamics import (ColumnDynamics, affine, fold_halves, phase_constants, stack_twice, state_activation,
+                               zero_rows)
 from .base import Hyperparameters, LearningRule, Plausibility, StepResult
 
 ESTIMATORS = ("centred", "one_sided")
@@ -97,7 +106,13 @@ def _require_steps(owner: str, **values) -> None:
 
 
 # ---------------------------------------------------------------------- EP's dynamics
-class LinearChain:
+class Synapse(NamedTuple):
+    weight: torch.Tensor  # W_l
+    bias: torch.Tensor | None  # b_l as a column [width, 1]
+    transposed: torch.Tensor  # W_lᵀ, for the term W_lᵀ s_l of the layer below
+
+
+class LinearChain(ColumnDynamics):
     """Eqs. (1)-(3) on the Linear layers of an ``mlp``: the dynamics object EP relaxes."""
 
     def __init__(self, layers: list[nn.Linear], sigma):
@@ -107,27 +122,40 @@ class LinearChain:
     def parameters_in_order(self) -> list[nn.Parameter]:
         return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
 
-    def synapses(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        return [(layer.weight, layer.bias) for layer in self.layers]
+    def synapses(self) -> list[Synapse]:
+        """Per layer, with the views the steps use made once per batch."""
+        return [Synapse(layer.weight, None if layer.bias is None else layer.bias[:, None], layer.weight.t())
+                for layer in self.layers]
 
     def input_drive(self, x: torch.Tensor, syn) -> tuple[torch.Tensor]:
-        w, b = syn[0]
-        return (F.linear(x.flatten(1), w, b),)  # W_1 x + b_1: constant while x is clamped
+        return (affine(syn[0].weight, x.flatten(1).t(), syn[0].bias).t(),)  # W_1 x + b_1: constant while x is clamped
 
     def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
-        return [like.new_zeros(batch, layer.out_features) for layer in self.layers]
+        return [zero_rows(batch, layer.out_features, like) for layer in self.layers]
 
-    def step(self, states, drive, syn, target=None, beta=None) -> list[torch.Tensor]:
-        """One synchronous step of eq. (2), with eq. (3)'s nudge on the output when β is given."""
+    def constant_columns(self, drive, syn, target=None, beta=None) -> list[torch.Tensor]:
+        """``W_1 x + b_1``, then ``b_l`` (expanded over the batch, so that no step broadcasts), and
+        + β y on the output when nudged: the constant terms of eqs. (2)-(3)."""
+        rows = len(drive[0])
+        biases = [p.bias.expand(-1, rows) if p.bias is not None else drive[0].new_zeros(len(p.weight), rows)
+                  for p in syn[1:]]
+        return phase_constants([drive[0].t()] + biases, target, beta)
+
+    def step_columns(self, states, constants, syn, beta=None, out=None) -> list[torch.Tensor]:
+        """One synchronous step of eq. (2) on columns, nudged as in eq. (3) when β is given (see
+        :meth:`ColumnDynamics.step_columns`)."""
+        out = out or [None] * len(states)
         last = len(states) - 1
         new = []
-        for l, (w, b) in enumerate(syn):
-            pre = drive[0] if l == 0 else F.linear(states[l - 1], w, b)  # W_l s_{l-1} + b_l
+        for l in range(len(states)):
+            pre = constants[l]  # W_1 x + b_1 for layer 1, b_l above it, + β y on the nudged output
+            if l > 0:
+                pre = torch.addmm(pre, syn[l].weight, states[l - 1], out=out[l])  # + W_l s_{l-1}
             if l < last:
-                pre = torch.addmm(pre, states[l + 1], syn[l + 1][0])  # + W_{l+1}ᵀ s_{l+1}
+                pre = torch.addmm(pre, syn[l + 1].transposed, states[l + 1], out=out[l])  # + W_{l+1}ᵀ s_{l+1}
             elif beta is not None:
-                pre = torch.addcmul(pre, beta, target - states[l])  # + β (y - s_N)
-            new.append(self.sigma(pre))
+                pre = torch.addcmul(pre, beta, states[l], value=-1, out=out[l])  # - β s_N
+            new.append(self.sigma(pre, out=out[l]))
         return new
 
     def local_gradients(self, x, drive, states, weights, syn) -> list[torch.Tensor]:
@@ -178,19 +206,27 @@ class EquilibriumRule(LearningRule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ relaxation
+    @torch.no_grad()
     def relax(self, states, drive, syn, steps: int, target=None, beta=None) -> list[torch.Tensor]:
-        """``steps`` synchronous steps of the dynamics, or fewer once ``max|Δs| < tol``."""
+        """``steps`` synchronous steps of the dynamics, or fewer once ``max|Δs| < tol``. The loop
+        runs on columns (``models/dynamics.py``); a step reads all the old states while it writes
+        the new ones, so the steps write into two preallocated sets of columns in turn."""
         tol = self.hp.tol
         if beta is not None:
             beta = torch.as_tensor(beta, dtype=states[0].dtype, device=states[0].device)
-        for t in range(steps):
-            new = self.dynamics.step(states, drive, syn, target, beta)
-            if tol > 0 and max((a - b).abs().max() for a, b in zip(new, states)) < tol:
-                self.last_steps = t + 1
-                return new
-            states = new
+        constants = self.dynamics.constant_columns(drive, syn, target, beta)
+        beta = None if beta is None else beta.t()
+        states = [s.t() for s in states]
+        buffers = [[s.new_empty(s.shape) for s in states] for _ in range(2)]
         self.last_steps = steps
-        return states
+        for t in range(steps):
+            new = self.dynamics.step_columns(states, constants, syn, beta, out=buffers[t % 2])
+            settled = tol > 0 and max((a - b).abs().max() for a, b in zip(new, states)) < tol
+            states = new
+            if settled:
+                self.last_steps = t + 1
+                break
+        return [s.t() for s in states]
 
     def free_phase(self, x: torch.Tensor, steps: int | None = None):
         """States after the free phase from zero, with the batch's drive and synapses."""
@@ -212,9 +248,10 @@ class EquilibriumRule(LearningRule):
         free, drive, syn = self.free_phase(x)
         target = self.target(y, free[-1])
         rows, weights = self.nudged_phases(x, free, drive, syn, target)
-        grads = self.dynamics.local_gradients(x, drive, rows, weights, syn)
+        # θ.grad = -Δθ: the rows' weights are negated rather than every gradient afterwards.
+        grads = self.dynamics.local_gradients(x, drive, rows, -weights, syn)
         for p, g in zip(self.dynamics.parameters_in_order(), grads, strict=True):
-            p.grad = g.neg_()  # θ.grad = -Δθ (g is a fresh tensor)
+            p.grad = g
         loss = 0.5 * (free[-1] - target).pow(2).sum(-1).mean()
         return StepResult(loss, free[-1])
 
@@ -225,7 +262,7 @@ class EquilibriumRule(LearningRule):
         col = free[-1].new_ones(batch, 1)
         if self.hp.estimator == "centred":
             # +β and -β from the same s*, as one batch of 2B rows.
-            twice = lambda ts: [torch.cat([t, t]) for t in ts]  # noqa: E731
+            twice = lambda ts: [stack_twice(t) for t in ts]  # noqa: E731
             betas = torch.cat([beta * col, -beta * col])
             rows = self.relax(twice(free), twice(drive), syn, steps, torch.cat([target, target]), betas)
             return rows, torch.cat([col, -col]) / (2 * beta * batch)
