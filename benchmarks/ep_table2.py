@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.collect and not (args.presets and args.epochs):
         parser.error("give --presets and --epochs to train, or --collect DIR... to tabulate finished runs")
 
-    command = "python benchmarks/ep_table2.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if "--note" in argv:  # the note is printed on its own
+        del argv[argv.index("--note"):argv.index("--note") + 2]
+    command = "python benchmarks/ep_table2.py " + " ".join(argv)
     if not args.collect:
         for preset in args.presets.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):

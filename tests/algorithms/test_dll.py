@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bioplausible.algorithms import create_algorithm
+from bioplausible.algorithms.feedback import trainable_layers
 from bioplausible.errors import ConfigError
 import helpers
 from helpers import batch, small_cnn, small_mlp
@@ -146,16 +147,29 @@ def test_epoch_diagnostics_are_the_angles_to_theta_and_to_bps_gradient(build, ti
     dll.compute_updates(x, y)
     names = {id(p): n for n, p in dll.model.named_parameters()}
     bp_grads = {n: p.grad for n, p in bp.model.named_parameters()}
-    assert len(dll.layers) >= 2 and len(diagnostics) == 2 * len(dll.layers)
-    for i, layer in enumerate(dll.layers):
-        expected_update = helpers.angle_degrees(layer.weight.grad, bp_grads[names[id(layer.weight)]])
-        expected_theta = helpers.angle_degrees(layer.feedback, layer.weight)
+    layers = [layer for _, layer in trainable_layers(dll.model)]
+    assert layers[1:] == dll.layers  # every layer but the first has a Θ
+    assert len(layers) >= 3 and len(diagnostics) == 2 * len(layers) + 2 * len(dll.layers)
+    for i, layer in enumerate(layers):
+        bp_grad = bp_grads[names[id(layer.weight)]]
+        expected_update = helpers.angle_degrees(layer.weight.grad, bp_grad)
         assert diagnostics[f"angle_update_grad/{i}"] == pytest.approx(expected_update, abs=1e-3)
-        assert diagnostics[f"angle_theta_W/{i}"] == pytest.approx(expected_theta, abs=1e-6)
+        assert diagnostics[f"update_norm_ratio/{i}"] == pytest.approx((layer.weight.grad.norm() / bp_grad.norm()).item())
         if tied:
-            assert diagnostics[f"angle_theta_W/{i}"] < 1e-3 and diagnostics[f"angle_update_grad/{i}"] < 1e-3
+            assert diagnostics[f"angle_update_grad/{i}"] < 1e-3
+            assert diagnostics[f"update_norm_ratio/{i}"] == pytest.approx(1.0, abs=1e-5)
+        if i == 0:
+            assert "angle_theta_W/0" not in diagnostics and "theta_norm_ratio/0" not in diagnostics
+            continue
+        expected_theta = helpers.angle_degrees(layer.feedback, layer.weight)
+        assert diagnostics[f"angle_theta_W/{i}"] == pytest.approx(expected_theta, abs=1e-6)
+        assert diagnostics[f"theta_norm_ratio/{i}"] == pytest.approx((layer.feedback.norm() / layer.weight.norm()).item())
+        if tied:
+            assert diagnostics[f"angle_theta_W/{i}"] < 1e-3
         else:
             assert diagnostics[f"angle_theta_W/{i}"] > 45
+    if not tied:  # the first layer's error came through every Θ: far from BP's
+        assert diagnostics["angle_update_grad/0"] > 10
 
 
 def test_trainer_logs_dll_diagnostics_every_epoch(tmp_path):
@@ -164,4 +178,5 @@ def test_trainer_logs_dll_diagnostics_every_epoch(tmp_path):
     result = train(algo="dll", model="mlp", dataset="digits", epochs=2, batch_size=64, model_args={"hidden": [32, 16]},
                    seed=0, progress=False, out=str(tmp_path / "dll"))
     for metrics in result.history:
-        assert {"angle_theta_W/0", "angle_theta_W/1", "angle_update_grad/0", "angle_update_grad/1"} <= set(metrics)
+        assert {"angle_update_grad/0", "angle_update_grad/1", "angle_update_grad/2", "update_norm_ratio/0",
+                "angle_theta_W/1", "angle_theta_W/2", "theta_norm_ratio/1"} <= set(metrics)

@@ -166,5 +166,8 @@ def test_diagnostics_are_zero_with_tied_theta():
     rule = create_algorithm("dll", small_rnn())
     tie(rule)
     diagnostics = rule.epoch_diagnostics(*sequence_batch())
-    assert set(diagnostics) == {"angle_theta_W/0", "angle_theta_W/1", "angle_update_grad/0", "angle_update_grad/1"}
-    assert max(diagnostics.values()) < 1e-3
+    angles = {"angle_theta_W/0", "angle_theta_W/1", "angle_update_grad/0", "angle_update_grad/1"}
+    ratios = {"theta_norm_ratio/0", "theta_norm_ratio/1", "update_norm_ratio/0", "update_norm_ratio/1"}
+    assert set(diagnostics) == angles | ratios
+    assert max(diagnostics[k] for k in angles) < 1e-3
+    assert all(diagnostics[k] == pytest.approx(1.0, abs=1e-5) for k in ratios)

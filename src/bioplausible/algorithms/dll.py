@@ -124,12 +124,18 @@ class DendriticLocalizedLearning(LearningRule):
         return [layer.weight for layer in self.layers]
 
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Per layer with a Θ: ``angle_theta_W/i``, the angle between Θ_i and W_i, and
-        ``angle_update_grad/i``, between DLL's ΔW_i on ``(x, y)`` and BP's -∇W_i on the same batch,
-        in degrees. BP's gradient is DLL's own update with every Θ tied to its W (the oracle of
-        tests/algorithms/test_dll.py). Parameters, buffers, gradients and optimizer states are
-        left as they were."""
+        """Per trainable layer i (numbered from the input): ``angle_update_grad/i``, the angle between
+        DLL's ΔW_i on ``(x, y)`` and BP's -∇W_i on the same batch, and ``update_norm_ratio/i`` =
+        ‖ΔW_i‖ / ‖∇W_i‖; per layer with a Θ (all but the first, which sends no error down):
+        ``angle_theta_W/i`` and ``theta_norm_ratio/i`` = ‖Θ_i‖ / ‖W_i‖. Angles in degrees; with Θ
+        tied to W the angles are 0 and the update ratios 1. The norms show whether the errors that
+        reach the lower layers shrink as Θ learns (eq. 9 descends on ½‖ξ_i‖², whose trivial minimum
+        is Θ_i = 0). For the RNN the layers are W_y and W_h. BP's gradient is DLL's own update with
+        every Θ tied to its W (the oracle of tests/algorithms/test_dll.py). Parameters, buffers,
+        gradients and optimizer states are left as they were."""
         weights = self.forward_weights()
+        updated = weights if self.recurrent is not None else [layer.weight for _, layer in trainable_layers(self.model)]
+        first_theta = len(updated) - len(weights)  # the index of the first layer with a Θ
         kept_grads = {p: p.grad for p in self.parameters()}
         kept_thetas = [theta.detach().clone() for theta in self.thetas]
         kept_buffers = [(b, b.detach().clone()) for b in self.buffers()]  # BatchNorm statistics
@@ -138,7 +144,7 @@ class DendriticLocalizedLearning(LearningRule):
             for p in self.parameters():
                 p.grad = None
             self.compute_updates(x, y)
-            return [-w.grad.detach().clone() for w in weights]
+            return [-w.grad.detach().clone() for w in updated]
 
         try:
             dll = weight_updates()
@@ -155,9 +161,12 @@ class DendriticLocalizedLearning(LearningRule):
             for p, grad in kept_grads.items():
                 p.grad = grad
         out = {}
-        for i, (theta, w, update, grad) in enumerate(zip(kept_thetas, weights, dll, bp)):
-            out[f"angle_theta_W/{i}"] = angle_degrees(theta, w)
+        for i, (update, grad) in enumerate(zip(dll, bp)):
             out[f"angle_update_grad/{i}"] = angle_degrees(update, grad)
+            out[f"update_norm_ratio/{i}"] = (update.norm() / grad.norm()).item()
+        for i, (theta, w) in enumerate(zip(kept_thetas, weights), start=first_theta):
+            out[f"angle_theta_W/{i}"] = angle_degrees(theta, w)
+            out[f"theta_norm_ratio/{i}"] = (theta.norm() / w.detach().norm()).item()
         return out
 
     def settled_updates(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
