@@ -5,17 +5,24 @@ batch 128, CIFAR-shaped synthetic data (MLAAN paper, Table 3: BP 3.37 GB vs MLAA
     python benchmarks/mlaan_memory.py                      # both networks, CPU, 1 thread
     python benchmarks/mlaan_memory.py --nets resnet32      # one network
 
-Metric (as benchmarks/sll_memory.py): peak bytes of the storages autograd saves for backward
-during one training step (``bioplausible.training.memory.SavedBytes``), after one warm-up step.
-Parameters, gradients and optimizer state are not in it. On CUDA the script also reports
-``torch.cuda.max_memory_allocated`` during the step minus what was allocated before it.
-Writes ``benchmarks/results/mlaan-memory-<date>.{json,md}``.
+MLAAN runs with its windows' graphs kept (``recompute=false``) and rebuilt from the modules'
+held inputs (``recompute=true``, the authors' form), on DGL's and on InfoPro's heads.
+
+Metrics (``bioplausible.training.memory.step_memory``, after one warm-up step): peak bytes of the
+storages autograd saves for backward during one training step (``SavedBytes``, as
+benchmarks/sll_memory.py), and the step's peak tensor memory: what the rule holds before the step
+(parameters, buffers, gradients, optimizer state) plus the peak allocated above that during the
+step (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the profiler's allocation events). The first
+leaves out tensors held outside a graph (the inputs MLAAN's recomputation keeps), gradients and
+temporaries; the second counts every tensor. Writes
+``benchmarks/results/mlaan-memory-<nets>-b<batch>[-cuda]-<date>.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,8 +35,9 @@ from bioplausible.training.memory import step_memory
 from bioplausible.training.trainer import describe_device, device_tag
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RULES = [("bp", {}), ("dgl", {}), ("infopro", {}), ("auglocal", {}), ("mlaan", {"base": "dgl"}),
-         ("mlaan", {"base": "infopro"})]
+RULES = [("bp", {}), ("dgl", {}), ("infopro", {}), ("auglocal", {}),
+         *(("mlaan", {"base": base, "recompute": recompute})
+           for base in ("dgl", "infopro") for recompute in (False, True))]
 MODULES = {"resnet32": 16, "resnet110": 55}
 
 
@@ -47,7 +55,14 @@ def measure(net: str, algo: str, options: dict, batch: int, device: torch.device
 
 def label(row: dict) -> str:
     base = row["options"].get("base")
-    return f"{row['algo']}({base})" if base else row["algo"]
+    name = f"{row['algo']}({base})" if base else row["algo"]
+    return name + (" recompute" if row["options"].get("recompute") else "")
+
+
+def peak(row: dict) -> float:
+    """The step's peak tensor memory, MiB: resident before the step plus the peak allocated above
+    it (CUDA or CPU, whichever was measured)."""
+    return row["resident_mb"] + row.get("cuda_peak_above_baseline_mb", row.get("cpu_peak_above_baseline_mb"))
 
 
 def main(argv=None) -> None:
@@ -56,6 +71,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="name of the result files in benchmarks/results "
+                                      "(default mlaan-memory-<nets>-b<batch>[-cuda]-<date>)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -64,28 +81,36 @@ def main(argv=None) -> None:
         for algo, options in RULES:
             row = measure(net, algo, dict(options), args.batch, device)
             rows.append(row)
-            print(f"{net:10s} {label(row):18s} saved {row['saved_mb']:8.1f} MiB", flush=True)
-    meta = {"command": "python " + " ".join(sys.argv), "device": describe_device(device),
+            print(f"{net:10s} {label(row):26s} saved {row['saved_mb']:8.1f} MiB, peak {peak(row):8.1f} MiB",
+                  flush=True)
+    meta = {"command": "python " + shlex.join(sys.argv), "device": describe_device(device),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "batch": args.batch}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"mlaan-memory-{'-'.join(args.nets)}-b{args.batch}{device_tag(device)}-{datetime.now(timezone.utc):%Y-%m-%d}"
+    stem = RESULTS / (args.out or f"mlaan-memory-{'-'.join(args.nets)}-b{args.batch}{device_tag(device)}-"
+                               f"{datetime.now(timezone.utc):%Y-%m-%d}")
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    paper = {("resnet32", "bp"): "3.37 GB", ("resnet32", "mlaan(dgl)"): "2.62 GB",
-             ("resnet110", "bp"): "9.26 GB", ("resnet110", "mlaan(dgl)"): "2.76 GB"}
+    # The authors' MLAAN recomputes its windows.
+    paper = {("resnet32", "bp"): "3.37 GB", ("resnet32", "mlaan(dgl) recompute"): "2.62 GB",
+             ("resnet110", "bp"): "9.26 GB", ("resnet110", "mlaan(dgl) recompute"): "2.76 GB"}
     lines = [f"# Training memory, batch {args.batch}, CIFAR-shaped input", "",
              f"Device: {meta['device']}. Date: {meta['date']}. Command: `{meta['command']}`.", "",
-             "Peak autograd-saved bytes during one training step (activations kept for backward; not "
-             "parameters, gradients or optimizer state), measured with `SavedBytes` on "
-             f"{'CPU' if device.type == 'cpu' else device}. The paper's figures are whole-process GPU memory "
-             "on CIFAR-10 (weights, optimizer, CUDA context included), so compare ratios, not values.", "",
-             "| network | rule | saved MiB | ÷ BP | ÷ DGL | paper (GPU, total) |", "|---|---|---|---|---|---|"]
+             "Saved: peak autograd-saved bytes during one training step (activations kept for backward; not "
+             "parameters, gradients, optimizer state or tensors held outside a graph), measured with `SavedBytes`. "
+             "Peak: the step's peak tensor memory, the resident parameters, buffers, gradients and optimizer state "
+             "before the step plus the peak allocated above them during it "
+             f"({'the profiler' if device.type == 'cpu' else 'torch.cuda.max_memory_allocated'} on "
+             f"{'CPU' if device.type == 'cpu' else device}). The paper's figures are whole-process GPU memory "
+             "on CIFAR-10 (CUDA context and allocator cache included), so compare ratios, not values.", "",
+             "| network | rule | saved MiB | ÷ BP | ÷ DGL | resident MiB | peak MiB | ÷ BP | ÷ DGL "
+             "| paper (GPU, total) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for net in args.nets:
-        bp = next(r["saved_mb"] for r in rows if r["net"] == net and r["algo"] == "bp")
-        dgl = next(r["saved_mb"] for r in rows if r["net"] == net and r["algo"] == "dgl")
+        bp, dgl = (next(r for r in rows if r["net"] == net and r["algo"] == algo) for algo in ("bp", "dgl"))
         for r in (r for r in rows if r["net"] == net):
-            extra = f" (CUDA {r['cuda_peak_above_baseline_mb']:.0f} MiB)" if "cuda_peak_above_baseline_mb" in r else ""
-            lines.append(f"| {net} K={MODULES[net]} | {label(r)} | {r['saved_mb']:.1f}{extra} | {r['saved_mb'] / bp:.2f} | "
-                         f"{r['saved_mb'] / dgl:.2f} | {paper.get((net, label(r)), '')} |")
+            saved = r["saved_mb"]
+            lines.append(f"| {net} K={MODULES[net]} | {label(r)} | {saved:.1f} | {saved / bp['saved_mb']:.2f} | "
+                         f"{saved / dgl['saved_mb']:.2f} | {r['resident_mb']:.1f} | {peak(r):.1f} | "
+                         f"{peak(r) / peak(bp):.2f} | {peak(r) / peak(dgl):.2f} | {paper.get((net, label(r)), '')} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

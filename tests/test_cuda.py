@@ -84,3 +84,26 @@ def test_every_rule_learns_digits_on_cuda(algo, tmp_path):
     result = train(algo=algo, device="cuda", out=str(tmp_path / algo), **settings)
     assert result.summary["device"] == torch.cuda.get_device_name(), result.summary
     assert result.summary["final"]["test_acc"] >= bar, result.summary["final"]
+
+
+def test_mlaan_recompute_replays_the_cuda_generator():
+    """MLAAN's rebuilt windows redraw the dropout masks of the CUDA generator the forwards drew
+    from (tests/algorithms checks the CPU generator), so the steps and the generator's state after
+    them equal those of the kept-graph schedule."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 1, 4, 4, generator=g, dtype=torch.float64).cuda()
+    y = torch.randint(0, 10, (16,), generator=g).cuda()
+
+    def run(recompute: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = create_model("mlp", (1, 4, 4), 10, hidden=[12, 12, 12, 12], batch_norm=True, dropout=0.3).double()
+        rule = create_algorithm("mlaan", model, recompute=recompute).cuda()
+        rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.1, momentum=0.9))
+        torch.manual_seed(0)
+        for _ in range(2):
+            rule.train_step(x, y)
+        return {**{k: v.cpu() for k, v in rule.state_dict().items()}, "cuda rng": torch.cuda.get_rng_state()}
+
+    kept, rebuilt = run(False), run(True)
+    for key, value in kept.items():
+        torch.testing.assert_close(rebuilt[key], value, rtol=1e-9, atol=1e-11, msg=key)

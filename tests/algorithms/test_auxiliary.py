@@ -2,13 +2,16 @@
 
 Oracles: the splitter composes to the unsplit network (equivalence); each loss's gradient reaches
 exactly the modules the rule says (isolation, by autograd on each loss separately); MLAAN's
-shared-forward step equals the authors' recomputing form (equivalence) and reduces to its base
-with MLM and LAM off; EMA copies move exactly by the EMA rule; shapes for every preset K;
-learning on digits and (real data) MNIST."""
+step, with its window graphs kept or rebuilt (``recompute``), equals the authors' recomputing form
+(equivalence), the two take the same steps (BatchNorm statistics and dropout masks included), and
+MLAAN reduces to its base with MLM and LAM off; EMA copies move exactly by the EMA rule; rebuilt
+windows keep about DGL's saved memory; shapes for every preset K; learning on digits and (real data)
+MNIST."""
 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from bioplausible.algorithms import create_algorithm
 from bioplausible.algorithms.auxiliary import compose, split_modules
 from bioplausible.errors import ConfigError
 from bioplausible.models import create_model
+from bioplausible.training.memory import step_memory
 
 RULES = ["dgl", "infopro", "auglocal", "mlaan"]
 
@@ -121,11 +125,13 @@ def test_mlaan_losses_reach_only_their_windows_and_never_the_ema_copies():
 
 
 # ---------------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("recompute", [False, True], ids=["shared-forward", "recompute"])
 @pytest.mark.parametrize("options", [{}, {"base": "infopro"}, {"lam_head": "independent"}, {"lam": False},
                                      {"mlm": False}, {"window": 2, "modules": 4}])
-def test_mlaan_shared_forward_equals_recomputed_windows(options):
-    """One step's update equals the gradient of the authors' recomputing form, summed."""
-    rule = create_algorithm("mlaan", tiny_resnet(), **options).double()
+def test_mlaan_step_equals_recomputed_windows(options, recompute):
+    """One step's update, with the window graphs kept or rebuilt, equals the gradient of the
+    authors' recomputing form, summed."""
+    rule = create_algorithm("mlaan", tiny_resnet(), recompute=recompute, **options).double()
     reference = copy.deepcopy(rule)
     rule.configure_optimizers(frozen_sgd)
     x, y = data()
@@ -135,6 +141,65 @@ def test_mlaan_shared_forward_equals_recomputed_windows(options):
         if p.requires_grad:
             assert p.grad is not None, name
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def two_steps(rule, x, y, seed=0) -> dict[str, torch.Tensor]:
+    """The rule's state (parameters and buffers: BatchNorm's running statistics and batch count)
+    after two SGD steps, and the CPU generator's state after them."""
+    rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.1, momentum=0.9))
+    torch.manual_seed(seed)
+    for _ in range(2):
+        rule.train_step(x, y)
+    return {**rule.state_dict(), "rng": torch.get_rng_state()}
+
+
+@pytest.mark.parametrize("options", [{}, {"base": "infopro"}, {"window": 2, "modules": 4}])
+def test_mlaan_recompute_takes_the_same_steps_and_counts_each_batch_once(options):
+    """Rebuilding the windows changes neither the updates nor BatchNorm's running statistics: the
+    rebuilt forwards do not update them a second time (the batch counts would differ)."""
+    x, y = data()
+    states = [two_steps(create_algorithm("mlaan", tiny_resnet(), recompute=r, **options).double(), x, y)
+              for r in (False, True)]
+    assert states[0].keys() == states[1].keys()
+    counts = [k for k in states[0] if k.endswith("num_batches_tracked")]
+    assert counts and all(states[1][k] == 2 for k in counts)
+    for key, value in states[0].items():
+        torch.testing.assert_close(states[1][key], value, rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_mlaan_recompute_redraws_the_same_dropout_masks():
+    """With dropout in the modules, a rebuilt forward replays the random numbers of the forward it
+    rebuilds (else its gradients would follow other masks), and leaves the generator as it was."""
+    x, y = data(shape=(1, 4, 4), n=8)
+
+    def run(recompute, seed):
+        torch.manual_seed(0)
+        model = create_model("mlp", (1, 4, 4), 10, hidden=[12, 12, 12, 12], batch_norm=True, dropout=0.3).double()
+        return two_steps(create_algorithm("mlaan", model, recompute=recompute), x, y, seed)
+
+    kept, rebuilt, other_masks = run(False, 0), run(True, 0), run(False, 1)
+    assert not torch.allclose(other_masks["model.blocks.0.1.weight"], kept["model.blocks.0.1.weight"])
+    for key, value in kept.items():
+        torch.testing.assert_close(rebuilt[key], value, rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_mlaan_recompute_keeps_one_module_graph_as_dgl_does():
+    """Rebuilding the windows brings MLAAN's autograd-saved peak to DGL's (one module's graph and
+    one head's at a time) plus the error a push pairs with the module's output, where keeping them
+    holds more than twice as much; the step's peak tensor memory falls by more than the k − 1
+    inputs the rebuilt windows hold instead of graphs."""
+    x, y = data(n=32)
+    memory = {}
+    for name, algo, options in [("dgl", "dgl", {}), ("kept", "mlaan", {"recompute": False}),
+                                ("rebuilt", "mlaan", {"recompute": True})]:
+        rule = create_algorithm(algo, tiny_resnet(width=8), **options).double()
+        rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.01, momentum=0.9))
+        memory[name] = step_memory(rule, x, y)
+    activation = max(x.element_size() * len(x) * math.prod(s) for s in rule.shapes) / 2**20
+    assert memory["dgl"]["saved_mb"] <= memory["rebuilt"]["saved_mb"] <= memory["dgl"]["saved_mb"] + activation
+    assert memory["kept"]["saved_mb"] > 2 * memory["dgl"]["saved_mb"]
+    peak = {name: m["resident_mb"] + m["cpu_peak_above_baseline_mb"] for name, m in memory.items()}
+    assert peak["kept"] - peak["rebuilt"] > (rule.k - 1) * activation, (peak, activation)
 
 
 @pytest.mark.parametrize("base", ["dgl", "infopro"])
@@ -192,6 +257,8 @@ def test_options_are_checked():
         create_algorithm("mlaan", model, base="bp")
     with pytest.raises(ConfigError, match="lam_head='cascade' needs mlm=true"):
         create_algorithm("mlaan", model, mlm=False, lam_head="cascade")
+    with pytest.raises(ConfigError, match="'recompute' must be true or false"):
+        create_algorithm("mlaan", model, recompute="yes")
     with pytest.raises(ConfigError, match="'recon_weight' must be two"):
         create_algorithm("infopro", model, recon_weight=[1.0])
 

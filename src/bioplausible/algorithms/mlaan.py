@@ -36,13 +36,28 @@ is exactly its base (tested).
 
 **Schedule, and what is shared.** The authors recompute every window from its detached input.
 All forwards of one step use the same (pre-step) parameters, so a window's recomputation equals
-the modules' own forward: here each module runs forward once, keeps its graph (with its input as a
-leaf) while a pending window still needs it, and each window's gradient is pushed down through its
-``k`` modules by vector-Jacobian products (``backward(inputs=...)``), stopping at the window's
-first module. A module's optimizer steps once the last window containing it has run; its graph
-is freed then. So memory holds ``k`` modules' graphs instead of DGL's one, and the cost is one
-forward plus ``k + 1`` backward passes per module instead of the authors' ``k + 1`` of each.
-:meth:`reference_losses` is the authors' recomputing form, used by the tests as the oracle.
+the modules' own forward. Two schedules compute the same update (tested against each other and
+against :meth:`reference_losses`, the authors' recomputing form, used by the tests as the oracle):
+
+* ``recompute = false``: each module runs forward once and keeps its graph (with its input as a
+  leaf) while a pending window still needs it; each window's gradient is pushed down through its
+  ``k`` modules by vector-Jacobian products (``backward(inputs=...)``), stopping at the window's
+  first module. Memory holds ``k`` modules' graphs instead of DGL's one; the cost is one forward
+  plus ``k + 1`` backward passes per module.
+* ``recompute = true`` (activation recomputation, as the authors): a module's graph is freed by
+  its independent loss's backward, as in DGL; only its detached input (and the random-number
+  state its forward drew from, for dropout) is kept while a window containing it is pending. A
+  window's backward rebuilds its modules one at a time from those inputs, last module first, so
+  at most one module's graph is alive: the peak of autograd-saved memory is about DGL's, and
+  the peak allocation DGL's plus about ``k`` activations (the ``k − 1`` held inputs, and a
+  rebuilt output beside the held copy of it). The rebuilt forward leaves BatchNorm's running statistics alone
+  (the batch is counted once). Cost: ``k`` more module forwards per module.
+
+A module's optimizer steps once the last window containing it has run. The default is
+``recompute = false``: both give the same step, and on the CPU (where this project trains) the
+rebuilt windows cost about a quarter more time per step while memory is not what limits a run;
+``recompute = true`` is for memory-bound runs and for the paper's memory comparison
+(``benchmarks/mlaan_memory.py`` measures both).
 
 Plausibility flags (ALGORITHMS.md criteria):
 
@@ -57,11 +72,13 @@ from __future__ import annotations
 
 import copy
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import get_device_states, set_device_states
 
 from . import register_algorithm
 from ..errors import ConfigError
@@ -87,6 +104,7 @@ class MLAANHyperparameters(AuxHyperparameters):
     recon_weight: list = field(default_factory=lambda: [5.0, 0.2])  # InfoPro base: λ1 over modules
     task_weight: list = field(default_factory=lambda: [0.05, 0.5])  # InfoPro base: λ2 over modules
     decoder_width: int = 12  # InfoPro base: decoder channels
+    recompute: bool = False  # rebuild window modules from held inputs: memory ≈ DGL's, k more forwards
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,7 +112,7 @@ class MLAANHyperparameters(AuxHyperparameters):
             raise ConfigError(f"mlaan: unknown base '{self.base}'; options: {', '.join(BASES)}")
         if self.lam_head not in LAM_HEADS:
             raise ConfigError(f"mlaan: unknown lam_head '{self.lam_head}'; options: {', '.join(LAM_HEADS)}")
-        for name in ("mlm", "lam"):
+        for name in ("mlm", "lam", "recompute"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"mlaan: '{name}' must be true or false, got {getattr(self, name)!r}")
         if self.lam_head == "cascade" and not self.mlm:
@@ -112,6 +130,39 @@ class MLAANHyperparameters(AuxHyperparameters):
         check_pair("mlaan", "task_weight", self.task_weight)
         if isinstance(self.decoder_width, bool) or not isinstance(self.decoder_width, numbers.Integral) or self.decoder_width < 1:
             raise ConfigError(f"mlaan: 'decoder_width' must be a positive integer, got {self.decoder_width!r}")
+
+
+def rng_state(x: torch.Tensor):
+    """The random-number state a forward on ``x`` starts from (CPU and ``x``'s device)."""
+    return torch.get_rng_state(), *get_device_states(x)
+
+
+@contextmanager
+def replayed(state, x: torch.Tensor):
+    """Run with the random numbers of ``state`` (a recomputed forward redraws the same dropout
+    masks), then give the generators back as they were."""
+    cpu, devices, device_states = state
+    with torch.random.fork_rng(devices=devices, device_type=x.device.type):
+        torch.set_rng_state(cpu)
+        set_device_states(devices, device_states, device_type=x.device.type)
+        yield
+
+
+@contextmanager
+def running_stats_frozen(modules: list[nn.Module]):
+    """BatchNorm layers normalise with the batch's statistics, as in training, without updating
+    their running statistics or batch count: a recomputed forward must not count a batch twice.
+    (With ``track_running_stats`` off, BatchNorm passes no running buffers in training mode and
+    still uses them in eval mode, so eval is unchanged.)"""
+    norms = [m for block in modules for m in block.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
 
 
 class LeapHead(nn.Module):
@@ -153,7 +204,8 @@ class MLAAN(AuxiliaryRule):
         self.cascade = nn.ModuleDict(
             {str(n): self.auxiliary(n, lam_at == "cascade") for n in self.window_ends}).to(param)
 
-        # Module j's graph is needed until the last window containing it has run; then it steps.
+        # Module j's graph (or, with recompute, its input) is needed until the last window containing
+        # it has run; then it steps.
         self.last_use = [max([j, *[n for n in self.window_ends if n - self.k + 1 <= j <= n]])
                          for j in range(len(self.units))]
         # Module t's input needs a gradient when a window holds both t-1 and t.
@@ -197,35 +249,59 @@ class MLAAN(AuxiliaryRule):
     def _params(self, j: int) -> list[torch.Tensor]:
         return [p for b in self.units[j] for p in b.parameters() if p.requires_grad]
 
-    def _push(self, out: torch.Tensor, grad: torch.Tensor, j: int, inp: torch.Tensor | None, retain: bool):
-        """Vector-Jacobian product through module j: accumulate ``gradᵀ ∂out/∂θ_j`` into θ_j's
-        ``.grad`` and return ``gradᵀ ∂out/∂inp`` (when ``inp`` is given, else None). ``retain``
-        keeps module j's graph for a later window; the last pass through it frees it."""
+    def _push(self, out: torch.Tensor, source: torch.Tensor, j: int, inp: torch.Tensor | None, retain: bool):
+        """Vector-Jacobian product through module j of the error ``e = source.grad``: accumulate
+        ``eᵀ ∂out/∂θ_j`` into θ_j's ``.grad`` and, when ``inp`` is given, leave ``eᵀ ∂out/∂inp`` in
+        ``inp.grad`` and return ``inp`` (the next push's source), else None. ``retain`` keeps module
+        j's graph for a later window; the last pass through it frees it."""
         inputs = self._params(j) + ([inp] if inp is not None else [])
         if not inputs or not out.requires_grad:
             return None
+        # The error enters as the gradient of ⟨out, e⟩ and leaves ``source``, so autograd frees it
+        # once module j's last layer has used it (as DGL's head error); ``out.backward(e)`` would
+        # hold it through the whole pass, one activation more at the peak. 1 · e is exact.
+        pairing = (out * source.grad).sum()
+        source.grad = None
         if inp is not None:
             inp.grad = None
-        out.backward(grad, inputs=inputs, retain_graph=retain)
-        return None if inp is None else inp.grad
+        pairing.backward(inputs=inputs, retain_graph=retain)
+        return inp
 
-    def train_module(self, t: int, inp: torch.Tensor, out: torch.Tensor, carry, y: torch.Tensor, live: dict):
+    def _recomputed(self, j: int, inp: torch.Tensor, rng, needs_input_grad: bool):
+        """Module j's forward rebuilt from its held input, as it ran in this step: the same random
+        numbers, BatchNorm's running statistics left as they are. Returns (input leaf, output)."""
+        inp = inp.detach().requires_grad_(needs_input_grad)
+        with replayed(rng, inp), running_stats_frozen(self.units[j]):
+            return inp, self.forward_unit(j, inp)
+
+    def _window_push(self, j: int, source: torch.Tensor, pending, to_input: bool, retain: bool):
+        """A window's error (``source.grad``) through module j, from its kept graph or
+        (``recompute``) one rebuilt from its held input; returns module j's input, holding the
+        error there, if ``to_input``. A rebuilt output dies here, before the next module is rebuilt."""
+        inp, out = self._recomputed(j, *pending, to_input) if self.hp.recompute else pending
+        return self._push(out, source, j, inp if to_input else None, retain)
+
+    def train_module(self, t: int, out: torch.Tensor, carry, y: torch.Tensor, live: dict):
         """Module t's losses once its forward ran: the independent auxiliary and, if a window ends
-        here, the cascade auxiliary, whose gradient goes down through the window's modules (their
-        graphs in ``live``). Returns the independent loss and scores."""
+        here, the cascade auxiliary, whose gradient goes down through the window's modules. ``live``
+        holds, per pending module, ``(input, output)`` (graph kept) or, with ``recompute``,
+        ``(input, random-number state)`` to rebuild the graph from. Returns the independent loss
+        and scores."""
+        recompute = self.hp.recompute
         z = out.detach().requires_grad_()  # the heads' input: their backward stops here
         loss, scores = self.aux_loss(t, self.aux[t], z, carry, y)
         loss.backward()  # γ_t's update (9); z.grad is the error the head sends to module t
-        later = t in self.window_ends or self.last_use[t] > t  # module t's graph is needed again
-        self._push(out, self.independent_scale * z.grad, t, None, retain=later)
+        # Module t's graph is needed again by a window, unless the window rebuilds it.
+        later = not recompute and (t in self.window_ends or self.last_use[t] > t)
+        z.grad.mul_(self.independent_scale)  # in place: no second activation-sized copy
+        self._push(out, z, t, None, retain=later)
         if t in self.window_ends:
-            z.grad = None
             cascade_loss, _ = self.aux_loss(t, self.cascade[str(t)], z, carry, y)
             cascade_loss.backward()  # β_t's update (11)
-            grad = (1 - self.hp.a) * z.grad
-            for j in range(t, t - self.k, -1):
-                inp_j, out_j = (inp, out) if j == t else live[j]
-                grad = self._push(out_j, grad, j, inp_j if j > t - self.k + 1 else None, retain=self.last_use[j] > t)
+            z.grad.mul_(1 - self.hp.a)
+            source, first = z, t - self.k + 1
+            for j in range(t, first - 1, -1):
+                source = self._window_push(j, source, live[j], j > first, retain=not recompute and self.last_use[j] > t)
         return loss, scores
 
     def train_unit(self, i: int, h, carry, y):
@@ -245,16 +321,19 @@ class MLAAN(AuxiliaryRule):
         carry, h, live = self.initial_carry(x), x, {}
         last = len(self.units) - 1
         for t in range(len(self.units)):
-            inp = h.detach().requires_grad_(self.chained[t])
+            inp = h.detach().requires_grad_(self.chained[t] and not self.hp.recompute)
             with self.unit_rng(t):  # the draws (dropout) of run_unit, which a pipeline stage runs
+                if self.hp.recompute and t < last:
+                    live[t] = (inp, rng_state(inp))  # the unit's stream before its forward draws
                 out = self.forward_unit(t, inp)
             if t == last:  # the model's own classifier, plain CE
                 scores = out
                 loss = F.cross_entropy(out, y)
                 loss.backward(inputs=self._params(t) or None)
             else:
-                loss, scores = self.train_module(t, inp, out, carry, y, live)
-                live[t] = (inp, out)
+                if not self.hp.recompute:
+                    live[t] = (inp, out)
+                loss, scores = self.train_module(t, out, carry, y, live)
             for j in range(t + 1):
                 if self.last_use[j] == t:  # no window needs module j any more: step, free its graph
                     live.pop(j, None)
