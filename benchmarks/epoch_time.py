@@ -6,8 +6,8 @@
 Default: MNIST, the DLL MLP 784-1024-512-256-10 (tanh), batch 128, Adam, 2 intra-op threads.
 Rules run interleaved (bp, fa, ..., bp, fa, ...) ``--repeats`` times and the median epoch time
 of each is divided by BP's, so drift of the machine during the run hits every rule alike.
-Writes ``benchmarks/results/epoch_time-<dataset>-<device>-<date>[-<rules>].{json,md}`` (the rule
-list is added unless it is the default) with the machine,
+Writes ``benchmarks/results/epoch_time-<dataset>[-<model>]-<device>-<date>[-<rules>].{json,md}`` (the
+model and the rule list are added unless they are the defaults) with the machine,
 date, torch version and thread count.
 """
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.mkdir(exist_ok=True)
     rules = "" if args.algos == parser.get_default("algos") else "-" + "_".join(algos)
-    stem = RESULTS / f"epoch_time-{args.dataset}-{args.device.replace(':', '')}-{now:%Y%m%d}{rules}"
+    model = "" if args.model == parser.get_default("model") else f"-{args.model}"
+    stem = RESULTS / f"epoch_time-{args.dataset}{model}-{args.device.replace(':', '')}-{now:%Y%m%d}{rules}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lines = [
         f"# Epoch time per rule vs BP: {args.model} on {args.dataset}, batch {args.batch_size}",
