@@ -28,3 +28,28 @@ def batch(model, n: int = 7, seed: int = 1):
 def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
     cos = torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0)
     return torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).item()
+
+
+def check_nudged_relaxation(rule, x, y, widths, plain_step, free_steps=20, nudged_steps=9, beta=0.7):
+    """The rule's free phase, then its +β and -β phases stacked as one batch of 2B rows with one β
+    per row (as ``nudged_phases`` runs them, but from rows laid out as ``torch.cat`` makes them),
+    must equal the same phases by ``plain_step(x, states, target=None, betas=None)``, the paper's
+    equations written out row by row in float64; and ``relax`` must never write into its start."""
+    twice = lambda t: torch.cat([t, t])  # noqa: E731
+    betas = torch.cat([torch.full((len(x), 1), beta), torch.full((len(x), 1), -beta)]).to(x.dtype)
+    with torch.no_grad():
+        free, drive, syn = rule.free_phase(x, free_steps)
+        target = twice(rule.target(y, free[-1]))
+        start = [twice(s) for s in free]
+        kept = [s.clone() for s in start]
+        nudged = rule.relax(start, [twice(d) for d in drive], syn, nudged_steps, target, betas)
+        plain_free = [torch.zeros(len(x), width, dtype=x.dtype) for width in widths]
+        for _ in range(free_steps):
+            plain_free = plain_step(x, plain_free)
+        plain_nudged = [twice(s) for s in plain_free]
+        for _ in range(nudged_steps):
+            plain_nudged = plain_step(twice(x), plain_nudged, target, betas)
+    for got, want in zip(free + nudged, plain_free + plain_nudged):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    for s, s0 in zip(start, kept):
+        assert torch.equal(s, s0)

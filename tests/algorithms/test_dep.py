@@ -13,6 +13,7 @@ from bioplausible import train
 from bioplausible.algorithms import create_algorithm
 from bioplausible.errors import ConfigError
 from bioplausible.models import create_model
+import helpers
 from helpers import batch, small_mlp
 
 
@@ -127,29 +128,11 @@ def plain_step(model, x, states, target=None, beta=None):
 
 
 def test_relaxation_of_both_nudged_phases_in_one_batch_equals_the_plain_formula():
-    # As nudged_phases runs them: the +β and -β rows stacked, one β per row; here from rows laid
-    # out as torch.cat makes them, not as the relaxation keeps its own.
     model = dendritic()
-    rule = create_algorithm("dep", model)
     x, y = batch(model)
-    twice = lambda t: torch.cat([t, t])  # noqa: E731
-    betas = torch.cat([torch.full((len(x), 1), 0.7), torch.full((len(x), 1), -0.7)]).double()
-    with torch.no_grad():
-        free, drive, syn = rule.free_phase(x, 20)
-        target = twice(rule.target(y, free[-1]))
-        start = [twice(s) for s in free]
-        kept = [s.clone() for s in start]
-        nudged = rule.relax(start, [twice(d) for d in drive], syn, 9, target, betas)
-        plain_free = [torch.zeros(len(x), c.basal.width, dtype=x.dtype) for c in model.dynamics.connections]
-        for _ in range(20):
-            plain_free = plain_step(model, x, plain_free)
-        plain_nudged = [twice(s) for s in plain_free]
-        for _ in range(9):
-            plain_nudged = plain_step(model, twice(x), plain_nudged, target, betas)
-    for got, want in zip(free + nudged, plain_free + plain_nudged):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    for s, s0 in zip(start, kept):  # relax writes into buffers of its own, never into its start
-        assert torch.equal(s, s0)
+    helpers.check_nudged_relaxation(create_algorithm("dep", model), x, y,
+                                    [c.basal.width for c in model.dynamics.connections],
+                                    lambda *args: plain_step(model, *args))
 
 
 def test_update_is_the_centred_contrast_of_the_local_terms():

@@ -18,6 +18,7 @@ from bioplausible.algorithms import create_algorithm
 from bioplausible.models import create_model
 from bioplausible.models.dynamics import STATE_ACTIVATIONS
 from bioplausible.errors import ConfigError
+import helpers
 from helpers import batch, small_cnn, small_mlp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,31 +103,13 @@ def plain_step(layers, sigma, x, states, target=None, beta=None):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("activation", ["hardsigmoid", "tanh"])
 def test_relaxation_of_both_nudged_phases_in_one_batch_equals_the_plain_formula(activation, bias):
-    # As nudged_phases runs them: the +β and -β rows stacked, one β per row; here from rows laid
-    # out as torch.cat makes them, not as the relaxation keeps its own.
     torch.manual_seed(0)
     model = create_model("mlp", input_shape=(1, 4, 4), num_classes=5, hidden=[12, 9], bias=bias).double()
     rule = create_algorithm("ep", model, activation=activation)
     layers, sigma = rule.dynamics.layers, STATE_ACTIVATIONS[activation]
     x, y = batch(model)
-    twice = lambda t: torch.cat([t, t])  # noqa: E731
-    betas = torch.cat([torch.full((len(x), 1), 0.7), torch.full((len(x), 1), -0.7)]).double()
-    with torch.no_grad():
-        free, drive, syn = rule.free_phase(x, 20)
-        target = twice(rule.target(y, free[-1]))
-        start = [twice(s) for s in free]
-        kept = [s.clone() for s in start]
-        nudged = rule.relax(start, [twice(d) for d in drive], syn, 9, target, betas)
-        plain_free = [torch.zeros(len(x), layer.out_features, dtype=x.dtype) for layer in layers]
-        for _ in range(20):
-            plain_free = plain_step(layers, sigma, x, plain_free)
-        plain_nudged = [twice(s) for s in plain_free]
-        for _ in range(9):
-            plain_nudged = plain_step(layers, sigma, twice(x), plain_nudged, target, betas)
-    for got, want in zip(free + nudged, plain_free + plain_nudged):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    for s, s0 in zip(start, kept):  # relax writes into buffers of its own, never into its start
-        assert torch.equal(s, s0)
+    helpers.check_nudged_relaxation(rule, x, y, [layer.out_features for layer in layers],
+                                    lambda *args: plain_step(layers, sigma, *args))
 
 
 def test_update_is_the_centred_contrast_of_local_products():
