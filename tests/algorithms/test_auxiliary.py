@@ -286,9 +286,10 @@ def test_learns_digits_with_a_small_resnet(algo, tmp_path):
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_dgl_small_resnet_on_real_mnist_in_one_epoch(data_dir, tmp_path):
-    # 96.4% measured (seed 0, about 100 s on 2 cores). MLAAN with the same settings reached 92.2%
-    # (below the 95%) and costs 1.6x DGL's time, so it is not in the 10-minute suite.
-    result = train(algo="dgl", model="resnet", dataset="mnist", data_dir=str(data_dir), model_args={"depth": 8, "width": 8},
-                   epochs=1, batch_size=64, lr=3e-3, seed=0, progress=False, out=str(tmp_path / "dgl"))
+# Measured on 2 cores, seed 0, 1 epoch: DGL at lr 3e-3 96.4% (about 100 s); MLAAN at lr 6e-3 96.18%
+# (about 100 s at 1 thread). MLAAN needs the larger step here: at DGL's lr it reached 92.2%, at 1e-3 85.2%.
+@pytest.mark.parametrize("algo, lr", [("dgl", 3e-3), ("mlaan", 6e-3)])
+def test_small_resnet_on_real_mnist_in_one_epoch(algo, lr, data_dir, tmp_path):
+    result = train(algo=algo, model="resnet", dataset="mnist", data_dir=str(data_dir), model_args={"depth": 8, "width": 8},
+                   epochs=1, batch_size=64, lr=lr, seed=0, progress=False, out=str(tmp_path / algo))
     assert result.summary["final"]["test_acc"] >= 0.95, result.summary["final"]
