@@ -88,3 +88,12 @@ def assert_unit_passes_on_no_graph(rule, x, y) -> None:
     rule.configure_optimizers(sgd0)
     h = rule.train_unit(0, x, None, y).h
     assert all(not t.requires_grad and t.grad_fn is None for t in (h if isinstance(h, tuple) else (h,)))
+
+
+def assert_prediction_from_any_stage_equals_predict(rule, x) -> None:
+    """A layer-parallel stage that starts at unit ``first`` predicts from that unit's input what
+    the whole rule predicts from ``x`` (evaluation batches stream through the stages)."""
+    h = x
+    for first in range(len(rule.units)):
+        torch.testing.assert_close(rule.predict_from(first, h), rule.predict(x))
+        h = rule.forward_unit(first, h)

@@ -18,7 +18,8 @@ from bioplausible.errors import ConfigError
 from bioplausible.models import create_model
 from bioplausible.models.base import Network
 from layerwise_checks import (assert_each_loss_reaches_only_its_unit, assert_schedule_equals_summed_backward,
-                              assert_unit_passes_on_no_graph, unit_losses)
+                              assert_prediction_from_any_stage_equals_predict, assert_unit_passes_on_no_graph,
+                              unit_losses)
 from helpers import batch, small_cnn, small_mlp
 
 BUILDS = {"mlp": small_mlp, "cnn": small_cnn}
@@ -127,11 +128,7 @@ def test_the_streams_passed_on_carry_no_graph():
 
 def test_layer_parallel_evaluation_from_any_stage_equals_predict():
     rule = create_algorithm("ff", small_mlp())
-    x, _ = batch(rule.model)
-    h = x
-    for first in range(len(rule.units)):
-        torch.testing.assert_close(rule.predict_from(first, h), rule.predict(x))
-        h = rule.forward_unit(first, h)
+    assert_prediction_from_any_stage_equals_predict(rule, batch(rule.model)[0])
 
 
 # ---------------------------------------------------------------------- CNN and options

@@ -14,7 +14,8 @@ from bioplausible.algorithms import create_algorithm
 from bioplausible.algorithms.layerwise import detached
 from bioplausible.errors import ConfigError
 from layerwise_checks import (assert_each_loss_reaches_only_its_unit, assert_schedule_equals_summed_backward,
-                              assert_steps_reduce_every_unit_loss, assert_unit_passes_on_no_graph, sgd0, unit_losses)
+                              assert_prediction_from_any_stage_equals_predict, assert_steps_reduce_every_unit_loss,
+                              assert_unit_passes_on_no_graph, sgd0, unit_losses)
 from helpers import batch, small_cnn, small_mlp
 
 BUILDS = {"mlp": small_mlp, "cnn": small_cnn}
@@ -70,11 +71,7 @@ def test_the_streams_passed_on_carry_no_graph():
 def test_layer_parallel_evaluation_from_any_stage_equals_predict():
     rule = create_algorithm("sigprop", small_mlp())
     rule.eval()
-    x, _ = batch(rule.model)
-    h = x
-    for first in range(len(rule.units)):
-        torch.testing.assert_close(rule.predict_from(first, h), rule.predict(x))
-        h = rule.forward_unit(first, h)
+    assert_prediction_from_any_stage_equals_predict(rule, batch(rule.model)[0])
 
 
 # ---------------------------------------------------------------------- signal, CNN, options
