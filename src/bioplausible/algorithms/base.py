@@ -153,6 +153,14 @@ class LearningRule(nn.Module):
         batch (alignment angles, ...). Must leave the rule's state as it was; none by default."""
         return {}
 
+    def random_streams(self) -> dict:
+        """Random-number streams the rule keeps besides the global generators (which the trainer
+        saves itself), for checkpoints: a copy, as tensors. None by default."""
+        return {}
+
+    def load_random_streams(self, streams: dict) -> None:
+        """Restore what :meth:`random_streams` returned."""
+
     # ------------------------------------------------------------------ shared plumbing
     def backward_loss(self, output: torch.Tensor, y: torch.Tensor) -> StepResult:
         """Autograd backward of the loss through whatever backward pass the model's layers

@@ -133,6 +133,13 @@ class LayerwiseRule(LearningRule):
                 states[str(g.device)] = g.get_state()
                 g.set_state(state)
 
+    def random_streams(self) -> dict:
+        # A copy: a pipeline fills in the units other ranks own.
+        return {i: dict(states) for i, states in self.unit_rng_states.items()}
+
+    def load_random_streams(self, streams: dict) -> None:
+        self.unit_rng_states = {i: {key: t.cpu() for key, t in states.items()} for i, states in streams.items()}
+
     # ------------------------------------------------------------------ the schedule
     def unit_parameter_groups(self, i: int) -> list[dict]:
         """Unit ``i``'s optimizer groups: one per model block (named ``blocks.k``, so per-block

@@ -343,7 +343,7 @@ class LayerPipeline:
             state["rule"].update(part["rule"])
             for j, s in part["optimizers"].items():
                 state["optimizers"][j] = s
-            state["rng"]["units"].update(part["unit_rng"])
+            state["rng"].setdefault("units", {}).update(part["unit_rng"])
         state["rng_ranks"] = [part["rng"] for part in parts]
         return state
 

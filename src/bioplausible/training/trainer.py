@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..algorithms import LearningRule, create_algorithm
-from ..algorithms.layerwise import LayerwiseRule
 from ..config import TrainConfig, load_yaml
 from ..data import BatchAugment, BatchLoader, DataSplits, load_dataset
 from ..errors import ConfigError, DivergenceError
@@ -161,8 +160,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        if isinstance(self.rule, LayerwiseRule):  # a copy: a pipeline fills in other ranks' units
-            rng["units"] = {i: dict(states) for i, states in self.rule.unit_rng_states.items()}
+        if streams := self.rule.random_streams():  # the layer-local rules' per-unit streams
+            rng["units"] = streams
         return {
             "epoch": epoch,
             "rule": self.rule.state_dict(),
@@ -182,9 +181,8 @@ class Trainer:
         random.setstate(state["rng"]["python"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
-        if "units" in state["rng"] and isinstance(self.rule, LayerwiseRule):
-            self.rule.unit_rng_states = {i: {key: t.cpu() for key, t in states.items()}
-                                         for i, states in state["rng"]["units"].items()}
+        if "units" in state["rng"]:
+            self.rule.load_random_streams(state["rng"]["units"])
         self.history = list(state["history"])
         self.start_epoch = state["epoch"] + 1
         if self.pipeline is not None:  # distributed: every stage continues its own RNG stream
