@@ -129,16 +129,24 @@ def test_update_is_the_centred_contrast_of_local_products():
 
 
 # ---------------------------------------------------------------------- prediction, early stop, options
-def test_prediction_is_the_output_state_after_t1_free_steps():
-    rule = create_algorithm("ep", small_mlp(), free_steps=7)
+@pytest.mark.parametrize("hidden", [(12,), (12, 9), (12, 9, 7)], ids=lambda h: f"{len(h)}-hidden")
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_free_phase_in_two_chains_equals_the_synchronous_steps(hidden, steps):
+    """The free phase runs as two interleaved chains (``relax_free``): every layer at T1 must be the
+    state of the plain synchronous loop, for odd and even T1 and depths (products over 2B columns
+    may round differently from products over B, hence float64 rounding, not 0)."""
+    rule = create_algorithm("ep", small_mlp(hidden=hidden), free_steps=steps)
     x, _ = batch(rule.model)
     states = rule.dynamics.zero_states(len(x), x)
     syn = rule.dynamics.synapses()
     drive = rule.dynamics.input_drive(x, syn)
     with torch.no_grad():
-        for _ in range(7):
+        for _ in range(steps):
             states = rule.dynamics.step(states, drive, syn)
-    torch.testing.assert_close(rule.predict(x), states[-1], rtol=0, atol=0)
+    free, _, _ = rule.free_phase(x)
+    for ours, plain in zip(free, states, strict=True):
+        torch.testing.assert_close(ours, plain, rtol=0, atol=1e-14)
+    torch.testing.assert_close(rule.predict(x), states[-1], rtol=0, atol=1e-14)
 
 
 def test_early_stop_ends_a_phase_once_states_settle():

@@ -28,6 +28,8 @@ layout are what counts: :meth:`EquilibriumRule.relax` runs on column vectors ``s
 terms that are constant through a phase (``W_1 x + b_1``, the biases, ``β y``) from one column
 per layer computed once, and writes each step into preallocated buffers: per layer and step,
 one product per neighbouring layer, the nudge ``-β s_N`` on the output, and σ, no allocation.
+The free phase runs as two interleaved chains that share their kernels (:meth:`EquilibriumRule.relax_free`),
+which halves its number of kernels.
 
 :class:`EquilibriumRule` holds this machinery for any *dynamics* object (the Linear chain here,
 the dendritic network of ``models/dendritic.py`` for DEP) that offers ``synapses()``,
@@ -141,13 +143,13 @@ class LinearChain(ColumnDynamics):
                   for p in syn[1:]]
         return phase_constants([drive[0].t()] + biases, target, beta)
 
-    def step_columns(self, states, constants, syn, beta=None, out=None) -> list[torch.Tensor]:
+    def step_columns(self, states, constants, syn, beta=None, out=None, layers=None) -> list[torch.Tensor]:
         """One synchronous step of eq. (2) on columns, nudged as in eq. (3) when β is given (see
         :meth:`ColumnDynamics.step_columns`)."""
         out = out or [None] * len(states)
         last = len(states) - 1
-        new = []
-        for l in range(len(states)):
+        new = list(states)
+        for l in range(len(states)) if layers is None else layers:
             pre = constants[l]  # W_1 x + b_1 for layer 1, b_l above it, + β y on the nudged output
             if l > 0:
                 pre = torch.addmm(pre, syn[l].weight, states[l - 1], out=out[l])  # + W_l s_{l-1}
@@ -155,7 +157,7 @@ class LinearChain(ColumnDynamics):
                 pre = torch.addmm(pre, syn[l + 1].transposed, states[l + 1], out=out[l])  # + W_{l+1}ᵀ s_{l+1}
             elif beta is not None:
                 pre = torch.addcmul(pre, beta, states[l], value=-1, out=out[l])  # - β s_N
-            new.append(self.sigma(pre, out=out[l]))
+            new[l] = self.sigma(pre, out=out[l])
         return new
 
     def local_gradients(self, x, drive, states, weights, syn) -> list[torch.Tensor]:
@@ -212,6 +214,8 @@ class EquilibriumRule(LearningRule):
         runs on columns (``models/dynamics.py``); a step reads all the old states while it writes
         the new ones, so the steps write into two preallocated sets of columns in turn."""
         tol = self.hp.tol
+        if beta is None and not tol:
+            return self.relax_free(states, drive, syn, steps)
         if beta is not None:
             beta = torch.as_tensor(beta, dtype=states[0].dtype, device=states[0].device)
         constants = self.dynamics.constant_columns(drive, syn, target, beta)
@@ -227,6 +231,29 @@ class EquilibriumRule(LearningRule):
                 self.last_steps = t + 1
                 break
         return [s.t() for s in states]
+
+    @torch.no_grad()
+    def relax_free(self, states, drive, syn, steps: int) -> list[torch.Tensor]:
+        """``steps`` free steps from ``states`` (no nudge, no early stop) in two interleaved chains,
+        with the arithmetic of :meth:`relax` in half its kernels.
+
+        Without the nudge, layer l's next state reads only layers l ± 1, so the synchronous
+        dynamics split into two chains that never meet: the states s_l(t) with l + t even, and those
+        with l + t odd. Run the odd chain one step ahead, and both chains update the same layers at
+        every step (those with l + k even at step k): one kernel per term for both chains on 2B
+        columns, in place (the layers written read only the others), instead of one per layer on B
+        columns, and a relaxation step costs mostly the launch of its small kernels. At the end,
+        layer l at time T is in the even chain if l + T is even, else in the odd chain, which
+        reached time T one step earlier."""
+        rows, layers = len(states[0]), len(states)
+        start = [s.t() for s in states]
+        ahead = self.dynamics.step_columns(start, self.dynamics.constant_columns(drive, syn), syn)  # time 1
+        chains = [torch.cat(pair, dim=1) for pair in zip(start, ahead)]  # [width, 2B]: even chain | odd chain
+        constants = self.dynamics.constant_columns([stack_twice(d) for d in drive], syn)
+        for k in range(1, steps + 1):  # layer l = index + 1 moves when l + k is even
+            self.dynamics.step_columns(chains, constants, syn, out=chains, layers=range((k + 1) % 2, layers, 2))
+        self.last_steps = steps
+        return [(c[:, :rows] if (l + 1 + steps) % 2 == 0 else c[:, rows:]).t() for l, c in enumerate(chains)]
 
     def free_phase(self, x: torch.Tensor, steps: int | None = None):
         """States after the free phase from zero, with the batch's drive and synapses."""
@@ -279,8 +306,8 @@ class EquilibriumRule(LearningRule):
             syn = self.dynamics.synapses()
             drive = self.dynamics.input_drive(x, syn)
             states = self.dynamics.zero_states(len(x), drive[0])
-            for _ in range(steps - truncate):
-                states = self.dynamics.step(states, drive, syn)
+            if steps > truncate:
+                states = self.relax_free(states, drive, syn, steps - truncate)
         with torch.enable_grad():
             syn = self.dynamics.synapses()
             drive = self.dynamics.input_drive(x, syn)

@@ -184,13 +184,14 @@ class DendriticDynamics(nn.Module, ColumnDynamics):
         zeros = [drive[1].new_zeros(c.basal.width, rows) for c in self.connections[1:]]
         return phase_constants([drive[1].t()] + zeros, target, beta)
 
-    def step_columns(self, states, constants, syn, beta=None, out=None) -> list[torch.Tensor]:
+    def step_columns(self, states, constants, syn, beta=None, out=None, layers=None) -> list[torch.Tensor]:
         """One synchronous step of eq. (9) on columns, the output nudged when β is given (see
         :meth:`ColumnDynamics.step_columns`)."""
         out = out or [None] * len(states)
         last = len(states) - 1
-        new = []
-        for l, c in enumerate(self.connections):
+        new = list(states)
+        for l in range(len(states)) if layers is None else layers:
+            c = self.connections[l]
             pre = constants[l]  # basal_1(x) for layer 1, + β y on the nudged output
             if l > 0:  # + basal_l(s_{l-1})
                 pre = c.basal.soma(c.basal.pre(states[l - 1], syn[l][0]), syn[l][0], pre, out[l])
@@ -199,7 +200,7 @@ class DendriticDynamics(nn.Module, ColumnDynamics):
                 pre = trees.soma(trees.pre(states[l + 1], synapse), synapse, pre, out[l])
             elif beta is not None:
                 pre = torch.addcmul(pre, beta, states[l], value=-1, out=out[l])  # - β s_N
-            new.append(self.sigma(pre, out=out[l]))
+            new[l] = self.sigma(pre, out=out[l])
         return new
 
     def local_gradients(self, x, drive, states, weights, syn) -> list[torch.Tensor]:

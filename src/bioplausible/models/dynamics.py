@@ -81,9 +81,12 @@ class ColumnDynamics:
         ``target`` ``[B, classes]`` and β one value or one per row ``[B, 1]``."""
         raise NotImplementedError
 
-    def step_columns(self, states, constants, syn, beta=None, out=None) -> list[torch.Tensor]:
+    def step_columns(self, states, constants, syn, beta=None, out=None, layers=None) -> list[torch.Tensor]:
         """One step on columns ``[width, B]`` from :meth:`constant_columns` (β one value or a row
-        ``[1, B]``), into the columns ``out`` when given (no autograd), else into fresh tensors."""
+        ``[1, B]``), into the columns ``out`` when given (no autograd), else into fresh tensors.
+        ``layers``: the indices to update (default all; the others are returned as they are). Layer
+        l's new state must read only layers l ± 1 when β is None (the free phase's two chains,
+        ``EquilibriumRule.relax_free``, rely on it and update layers in place)."""
         raise NotImplementedError
 
     def step(self, states, drive, syn, target=None, beta=None) -> list[torch.Tensor]:
