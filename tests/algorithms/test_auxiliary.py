@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,31 @@ def test_mlaan_recompute_keeps_one_module_graph_as_dgl_does():
     assert memory["kept"]["saved_mb"] > 2 * memory["dgl"]["saved_mb"]
     peak = {name: m["resident_mb"] + m["cpu_peak_above_baseline_mb"] for name, m in memory.items()}
     assert peak["kept"] - peak["rebuilt"] > (rule.k - 1) * activation, (peak, activation)
+
+
+def test_mlaan_recompute_frees_the_held_copy_of_each_rebuilt_output():
+    """A rebuilt module's output equals the held input of the module after it; when the window's
+    error is pushed through the rebuilt module, that held copy's storage is already freed and the
+    held input is the rebuilt output itself, so the two are never alive together."""
+    rule = create_algorithm("mlaan", tiny_resnet(), recompute=True).double()
+    rule.configure_optimizers(frozen_sgd)
+    window_push, push = rule._window_push, rule._push
+    pending, checked = {}, []
+
+    def spy_window_push(j, error, live, *args, **kwargs):
+        pending.update(j=j, live=live, held=weakref.ref(live[j + 1][0].untyped_storage()))
+        window_push(j, error, live, *args, **kwargs)
+
+    def spy_push(out, error, j, *args, **kwargs):
+        if pending.pop("j", None) == j:  # a window's push, not a module's independent one
+            assert pending["held"]() is None, f"module {j + 1}: the held copy of its input is still alive"
+            assert pending["live"][j + 1][0].untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+            checked.append(j)
+        push(out, error, j, *args, **kwargs)
+
+    rule._window_push, rule._push = spy_window_push, spy_push
+    rule.train_step(*data())
+    assert sorted(checked) == sorted(j for n in rule.window_ends for j in range(n - rule.k + 1, n + 1))
 
 
 @pytest.mark.parametrize("base", ["dgl", "infopro"])
