@@ -21,6 +21,7 @@ import torch
 from bioplausible import load_config, train
 from bioplausible.algorithms import create_algorithm
 from bioplausible.algorithms.auxiliary import compose, split_modules
+from bioplausible.algorithms.mlaan import ErrorRoot
 from bioplausible.errors import ConfigError
 from bioplausible.models import create_model
 from bioplausible.training.memory import step_memory
@@ -201,6 +202,23 @@ def test_mlaan_recompute_keeps_one_module_graph_as_dgl_does():
     assert memory["kept"]["saved_mb"] > 2 * memory["dgl"]["saved_mb"]
     peak = {name: m["resident_mb"] + m["cpu_peak_above_baseline_mb"] for name, m in memory.items()}
     assert peak["kept"] - peak["rebuilt"] > (rule.k - 1) * activation, (peak, activation)
+
+
+def test_error_root_sends_its_error_once_and_frees_it_from_a_retained_graph():
+    """MLAAN's pushes enter a window's error as the gradient of a root: exactly ``e`` reaches the
+    module's output, and ``e`` is freed by the backward although the module's graph is kept for
+    the next window (a root ``(out * e).sum()`` would save ``e`` in that graph)."""
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    out = x.sin()
+    e = torch.randn(5, dtype=torch.float64)
+    expected, held = e * x.detach().cos(), weakref.ref(e.untyped_storage())
+    root = ErrorRoot.apply(out, e)
+    del e
+    root.backward(retain_graph=True)
+    assert torch.equal(x.grad, expected)
+    assert held() is None, "the error outlived its backward"
+    out.backward(torch.ones(5, dtype=torch.float64))  # the module's graph is still there
+    torch.testing.assert_close(x.grad, expected + x.detach().cos())
 
 
 def test_mlaan_recompute_frees_the_held_copy_of_each_rebuilt_output():

@@ -170,6 +170,22 @@ def running_stats_frozen(modules: list[nn.Module]):
             m.track_running_stats = True
 
 
+class ErrorRoot(torch.autograd.Function):
+    """A scalar root whose gradient with respect to ``out`` is ``e``: backward passes ``e`` itself
+    on (no product, no copy) and drops it. A saved tensor (``(out * e).sum()`` saves ``e``) would
+    stay alive with the whole retained graph. Its value, 0, is never used; one backward only."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        ctx.e = e
+        return out.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        e, ctx.e = ctx.e, None  # the root's gradient is 1: e is ∂/∂out exactly
+        return e, None
+
+
 class LeapHead(nn.Module):
     """LAM's classifier: EMA copy of backbone block ``source``, trainable copies of later blocks,
     GAP + Linear. ``source`` is an index into ``model.blocks``, not a submodule, so the backbone's
@@ -263,12 +279,13 @@ class MLAAN(AuxiliaryRule):
         e = error.pop()
         if not inputs or not out.requires_grad:
             return
-        # The error enters as the gradient of ⟨out, e⟩ and ``error`` gives up its reference, so
-        # autograd frees it once module j's last layer has used it (as DGL's head error);
-        # ``out.backward(e)`` would hold it through the whole pass, one activation more at the peak.
-        pairing = (out * e).sum()  # 1 · e is exact
+        # ``error`` gives up its reference and the root hands e over once, so autograd frees it
+        # once module j's last layer has used it (as DGL's head error), also when the module's
+        # graph is retained; ``out.backward(e)`` would hold it through the whole pass, one
+        # activation more at the peak.
+        root = ErrorRoot.apply(out, e)
         del e
-        pairing.backward(inputs=inputs, retain_graph=retain)
+        root.backward(inputs=inputs, retain_graph=retain)
         if inp is not None:
             error.append(inp.grad)
             inp.grad = None  # a kept input leaf is pushed through again by later windows
