@@ -48,10 +48,15 @@ against :meth:`reference_losses`, the authors' recomputing form, used by the tes
   its independent loss's backward, as in DGL; only its detached input (and the random-number
   state its forward drew from, for dropout) is kept while a window containing it is pending. A
   window's backward rebuilds its modules one at a time from those inputs, last module first, so
-  at most one module's graph is alive: the peak of autograd-saved memory is about DGL's, and
-  the peak allocation DGL's plus about ``k`` activations (the ``k − 1`` held inputs, and a
-  rebuilt output beside the held copy of it). The rebuilt forward leaves BatchNorm's running statistics alone
-  (the batch is counted once). Cost: ``k`` more module forwards per module.
+  at most one module's graph is alive: the peak of autograd-saved memory is about DGL's. A
+  rebuilt module's output replaces the held input of the module after it (they are equal), so
+  the two copies are never alive together. The peak allocation is DGL's plus about ``k``
+  activations, which the windows need and DGL does not: the ``k − 1`` module inputs held besides
+  the pushed module's own (to rebuild the window's other modules and to start the next windows:
+  with stride 1 every module starts one) and the error waiting on a residual block's identity
+  branch while a push computes the error at the module's input (DGL never sends an error below a
+  module). The rebuilt forward leaves BatchNorm's running statistics alone (the batch is counted
+  once). Cost: ``k`` more module forwards per module.
 
 A module's optimizer steps once the last window containing it has run. The default is
 ``recompute = false``: both give the same step, and on the CPU (where this project trains) the
@@ -165,6 +170,22 @@ def running_stats_frozen(modules: list[nn.Module]):
             m.track_running_stats = True
 
 
+class ErrorRoot(torch.autograd.Function):
+    """A scalar root whose gradient with respect to ``out`` is ``e``: backward passes ``e`` itself
+    on (no product, no copy) and drops it. A saved tensor (``(out * e).sum()`` saves ``e``) would
+    stay alive with the whole retained graph. Its value, 0, is never used; one backward only."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        ctx.e = e
+        return out.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        e, ctx.e = ctx.e, None  # the root's gradient is 1: e is ∂/∂out exactly
+        return e, None
+
+
 class LeapHead(nn.Module):
     """LAM's classifier: EMA copy of backbone block ``source``, trainable copies of later blocks,
     GAP + Linear. ``source`` is an index into ``model.blocks``, not a submodule, so the backbone's
@@ -249,23 +270,25 @@ class MLAAN(AuxiliaryRule):
     def _params(self, j: int) -> list[torch.Tensor]:
         return [p for b in self.units[j] for p in b.parameters() if p.requires_grad]
 
-    def _push(self, out: torch.Tensor, source: torch.Tensor, j: int, inp: torch.Tensor | None, retain: bool):
-        """Vector-Jacobian product through module j of the error ``e = source.grad``: accumulate
-        ``eᵀ ∂out/∂θ_j`` into θ_j's ``.grad`` and, when ``inp`` is given, leave ``eᵀ ∂out/∂inp`` in
-        ``inp.grad`` and return ``inp`` (the next push's source), else None. ``retain`` keeps module
-        j's graph for a later window; the last pass through it frees it."""
+    def _push(self, out: torch.Tensor, error: list, j: int, inp: torch.Tensor | None, retain: bool) -> None:
+        """Vector-Jacobian product through module j of the error ``e``, the one element of ``error``:
+        accumulate ``eᵀ ∂out/∂θ_j`` into θ_j's ``.grad`` and, when ``inp`` is given, put
+        ``eᵀ ∂out/∂inp`` into ``error`` (the next push's error). ``retain`` keeps module j's graph
+        for a later window; the last pass through it frees it."""
         inputs = self._params(j) + ([inp] if inp is not None else [])
+        e = error.pop()
         if not inputs or not out.requires_grad:
-            return None
-        # The error enters as the gradient of ⟨out, e⟩ and leaves ``source``, so autograd frees it
-        # once module j's last layer has used it (as DGL's head error); ``out.backward(e)`` would
-        # hold it through the whole pass, one activation more at the peak. 1 · e is exact.
-        pairing = (out * source.grad).sum()
-        source.grad = None
+            return
+        # ``error`` gives up its reference and the root hands e over once, so autograd frees it
+        # once module j's last layer has used it (as DGL's head error), also when the module's
+        # graph is retained; ``out.backward(e)`` would hold it through the whole pass, one
+        # activation more at the peak.
+        root = ErrorRoot.apply(out, e)
+        del e
+        root.backward(inputs=inputs, retain_graph=retain)
         if inp is not None:
-            inp.grad = None
-        pairing.backward(inputs=inputs, retain_graph=retain)
-        return inp
+            error.append(inp.grad)
+            inp.grad = None  # a kept input leaf is pushed through again by later windows
 
     def _recomputed(self, j: int, inp: torch.Tensor, rng, needs_input_grad: bool):
         """Module j's forward rebuilt from its held input, as it ran in this step: the same random
@@ -274,34 +297,60 @@ class MLAAN(AuxiliaryRule):
         with replayed(rng, inp), running_stats_frozen(self.units[j]):
             return inp, self.forward_unit(j, inp)
 
-    def _window_push(self, j: int, source: torch.Tensor, pending, to_input: bool, retain: bool):
-        """A window's error (``source.grad``) through module j, from its kept graph or
-        (``recompute``) one rebuilt from its held input; returns module j's input, holding the
-        error there, if ``to_input``. A rebuilt output dies here, before the next module is rebuilt."""
-        inp, out = self._recomputed(j, *pending, to_input) if self.hp.recompute else pending
-        return self._push(out, source, j, inp if to_input else None, retain)
+    def _window_push(self, j: int, error: list, live: dict, to_input: bool, retain: bool) -> None:
+        """A window's error through module j, from its kept graph or (``recompute``) one rebuilt
+        from its held input; leaves the error at module j's input in ``error`` if ``to_input``.
+        A rebuilt output dies here, before the next module is rebuilt."""
+        if not self.hp.recompute:
+            inp, out = live[j]
+        else:
+            inp, out = self._recomputed(j, *live[j], to_input)
+            # The rebuilt output equals the held input of module j + 1 (same input, parameters and
+            # random numbers) and the graph keeps it: it replaces the held copy, whose storage is
+            # freed here (nothing else refers to it), so the two are never alive together.
+            live[j + 1][0] = out.detach()
+        self._push(out, error, j, inp if to_input else None, retain)
 
-    def train_module(self, t: int, out: torch.Tensor, carry, y: torch.Tensor, live: dict):
-        """Module t's losses once its forward ran: the independent auxiliary and, if a window ends
-        here, the cascade auxiliary, whose gradient goes down through the window's modules. ``live``
-        holds, per pending module, ``(input, output)`` (graph kept) or, with ``recompute``,
-        ``(input, random-number state)`` to rebuild the graph from. Returns the independent loss
-        and scores."""
-        recompute = self.hp.recompute
+    def train_module(self, t: int, carry, y: torch.Tensor, live: dict):
+        """Module t's forward and losses: the model's own classifier for the last module, else the
+        independent auxiliary and, if a window ends here, the cascade auxiliary, whose gradient
+        goes down through the window's modules. ``live`` holds, per module whose input is still
+        needed, ``[input, output]`` (graph kept) or, with ``recompute``, ``[input, random-number
+        state]`` to rebuild the graph from; module t's entry has its input, and this adds module
+        t + 1's. Returns the module's loss and scores."""
+        recompute, last = self.hp.recompute, t == len(self.units) - 1
+        held = live[t]
+        with self.unit_rng(t):  # the draws (dropout) of run_unit, which a pipeline stage runs
+            if recompute and not last:
+                held[1] = rng_state(held[0])  # the unit's stream before its forward draws
+            out = self.forward_unit(t, held[0])
+        if last:  # the model's own classifier, plain CE
+            loss = F.cross_entropy(out, y)
+            loss.backward(inputs=self._params(t) or None)
+            return loss.detach(), out.detach()
+        live[t + 1] = [out.detach().requires_grad_(self.chained[t + 1] and not recompute), None]
+        if not recompute:
+            held[1] = out
         z = out.detach().requires_grad_()  # the heads' input: their backward stops here
         loss, scores = self.aux_loss(t, self.aux[t], z, carry, y)
         loss.backward()  # γ_t's update (9); z.grad is the error the head sends to module t
+        # Detached: their graphs' nodes would keep z, hence module t's output, alive.
+        loss, scores = loss.detach(), scores.detach()
         # Module t's graph is needed again by a window, unless the window rebuilds it.
         later = not recompute and (t in self.window_ends or self.last_use[t] > t)
-        z.grad.mul_(self.independent_scale)  # in place: no second activation-sized copy
-        self._push(out, z, t, None, retain=later)
+        error = [z.grad.mul_(self.independent_scale)]  # in place: no second activation-sized copy
+        z.grad = None
+        self._push(out, error, t, None, retain=later)
         if t in self.window_ends:
-            cascade_loss, _ = self.aux_loss(t, self.cascade[str(t)], z, carry, y)
-            cascade_loss.backward()  # β_t's update (11)
-            z.grad.mul_(1 - self.hp.a)
-            source, first = z, t - self.k + 1
+            self.aux_loss(t, self.cascade[str(t)], z, carry, y)[0].backward()  # β_t's update (11)
+            error = [z.grad.mul_(1 - self.hp.a)]
+            z.grad = None
+            # From here module t's output is needed only as module t + 1's input, held in
+            # live[t + 1]: these references must go for a rebuilt copy to replace it.
+            del out, z
+            first = t - self.k + 1
             for j in range(t, first - 1, -1):
-                source = self._window_push(j, source, live[j], j > first, retain=not recompute and self.last_use[j] > t)
+                self._window_push(j, error, live, j > first, retain=not recompute and self.last_use[j] > t)
         return loss, scores
 
     def train_unit(self, i: int, h, carry, y):
@@ -318,30 +367,16 @@ class MLAAN(AuxiliaryRule):
         self.model.check_input(x)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        carry, h, live = self.initial_carry(x), x, {}
-        last = len(self.units) - 1
+        carry, live = self.initial_carry(x), {0: [x.detach(), None]}
         for t in range(len(self.units)):
-            inp = h.detach().requires_grad_(self.chained[t] and not self.hp.recompute)
-            with self.unit_rng(t):  # the draws (dropout) of run_unit, which a pipeline stage runs
-                if self.hp.recompute and t < last:
-                    live[t] = (inp, rng_state(inp))  # the unit's stream before its forward draws
-                out = self.forward_unit(t, inp)
-            if t == last:  # the model's own classifier, plain CE
-                scores = out
-                loss = F.cross_entropy(out, y)
-                loss.backward(inputs=self._params(t) or None)
-            else:
-                if not self.hp.recompute:
-                    live[t] = (inp, out)
-                loss, scores = self.train_module(t, out, carry, y, live)
+            loss, scores = self.train_module(t, carry, y, live)
             for j in range(t + 1):
                 if self.last_use[j] == t:  # no window needs module j any more: step, free its graph
                     live.pop(j, None)
                     if self.unit_optimizers[j] is not None:
                         self.unit_optimizers[j].step()
-            h = out.detach()
         self.after_step()
-        return StepResult(loss.detach(), scores.detach())
+        return StepResult(loss, scores)
 
     @torch.no_grad()
     def after_step(self) -> None:
