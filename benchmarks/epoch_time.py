@@ -7,7 +7,7 @@ Default: MNIST, the DLL MLP 784-1024-512-256-10 (tanh), batch 128, Adam, 2 intra
 Rules run interleaved (bp, fa, ..., bp, fa, ...) ``--repeats`` times and the median epoch time
 of each is divided by BP's, so drift of the machine during the run hits every rule alike.
 Writes ``benchmarks/results/epoch_time-<dataset>[-<model>]-<device>-<date>[-<rules>].{json,md}`` (the
-model and the rule list are added unless they are the defaults) with the machine,
+model and the rule list are added unless they are the defaults; ``--out`` names it instead) with the machine,
 date, torch version and thread count.
 """
 
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--limit-batches", type=int, default=None, help="cap batches per epoch (smoke runs)")
+    parser.add_argument("--out", default=None, help="result file name without suffix (default: from the options)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     rules = "" if args.algos == parser.get_default("algos") else "-" + "_".join(algos)
     model = "" if args.model == parser.get_default("model") else f"-{args.model}"
-    stem = RESULTS / f"epoch_time-{args.dataset}{model}-{args.device.replace(':', '')}-{now:%Y%m%d}{rules}"
+    stem = RESULTS / (args.out or f"epoch_time-{args.dataset}{model}-{args.device.replace(':', '')}-{now:%Y%m%d}{rules}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lines = [
         f"# Epoch time per rule vs BP: {args.model} on {args.dataset}, batch {args.batch_size}",
