@@ -67,15 +67,15 @@ def test_layer_loss_gradient_equals_its_closed_form():
     loss, _, _ = rule.unit_loss(1, h, None, y)
     W = rule.model.blocks[1][0].weight
     (autograd,) = torch.autograd.grad(loss, [W])
-    # ℓ = mean softplus(θ - G⁺) + mean softplus(G⁻ - θ), G = mean_j h_j², h = ReLU(W x̂ + b):
-    # ∂ℓ/∂W = Σ_streams Σ_b s_b (2/d) (h_b ⊙ 1[h_b > 0]) x̂_bᵀ / B with s = -σ(θ - G⁺) or σ(G⁻ - θ).
+    # ℓ = mean softplus(d(θ - G⁺)) + mean softplus(d(G⁻ - θ)), G = mean_j h_j², h = ReLU(W x̂ + b):
+    # ∂ℓ/∂W = Σ_streams Σ_b s_b 2 (h_b ⊙ 1[h_b > 0]) x̂_bᵀ / B with s = -σ(d(θ - G⁺)) or σ(d(G⁻ - θ)).
     x0 = rule.forward_unit(0, streams)
     closed = torch.zeros_like(W)
     for stream, sign in ((0, -1.0), (1, 1.0)):
         inp = x0[stream] / (x0[stream].pow(2).mean(1, keepdim=True).sqrt() + rule.hp.eps)
         out = torch.relu(inp @ W.T + rule.model.blocks[1][0].bias)
-        s = torch.sigmoid(sign * (goodness(out) - 0.3)) * sign
-        closed += ((s[:, None] * 2 * out / out.shape[1]).T @ inp) / len(y)
+        s = torch.sigmoid(sign * out.shape[1] * (goodness(out) - 0.3)) * sign
+        closed += ((s[:, None] * 2 * out).T @ inp) / len(y)
     torch.testing.assert_close(autograd, closed, rtol=1e-9, atol=1e-12)
 
 

@@ -79,6 +79,51 @@ def test_softhebb_norms_approach_one():
     assert ((weight[winners].norm(dim=1) - 1).abs() < 0.05).all(), weight.norm(dim=1)
 
 
+def softhebb_winners(start_norm: float | None) -> int:
+    """Distinct winning units of a SoftHebb layer of 32 after 200 SGD steps on 10 clusters that
+    share a common direction (as MNIST's examples do), rows started at ``start_norm``
+    (None: the rule's ``init_norm``)."""
+    torch.manual_seed(0)
+    model = create_model("mlp", input_shape=(20,), num_classes=2, hidden=[32], activation="tanh").double()
+    rule = create_algorithm("hebbian", model, variant="softhebb")
+    weight = rule.hidden[0].linear.weight
+    if start_norm is not None:
+        with torch.no_grad():
+            weight.mul_(start_norm / weight.norm(dim=1, keepdim=True))
+    rule.configure_optimizers(sgd(0.05))
+    g = torch.Generator().manual_seed(0)
+    centres = 2 + torch.randn(10, 20, generator=g, dtype=torch.float64)
+
+    def data(n):
+        return centres[torch.randint(0, 10, (n,), generator=g)] + torch.randn(n, 20, generator=g, dtype=torch.float64)
+
+    for _ in range(200):
+        rule.train_step(data(32), torch.zeros(32, dtype=torch.long))
+    return (data(1000) @ weight.detach().T).argmax(1).unique().numel()
+
+
+def test_softhebb_rows_start_at_init_norm_and_oja_keeps_the_models_init():
+    model = small_mlp(seed=0)
+    create_algorithm("hebbian", model, variant="softhebb", init_norm=2.5)
+    for layer in model.blocks[:-1]:
+        torch.testing.assert_close(layer[-2].weight.norm(dim=1), torch.full((layer[-2].weight.shape[0],), 2.5,
+                                                                              dtype=torch.float64))
+    before = [p.detach().clone() for p in small_mlp(seed=0).parameters()]
+    model = small_mlp(seed=0)
+    create_algorithm("hebbian", model, variant="oja")
+    assert torch.equal(model.blocks[0][1].weight, before[0])
+    with pytest.raises(ConfigError, match="init_norm must be above 1"):
+        create_algorithm("hebbian", small_mlp(), init_norm=1.0)
+
+
+def test_softhebb_started_above_unit_norm_keeps_many_winners():
+    # Rows below norm 1 (PyTorch's 1/√3) grow towards it as they win, so the first winner wins
+    # everything (one unit here; on MNIST the 2nd and 3rd layers of the DLL MLP too); started
+    # above 1, a winner shrinks and others take over.
+    assert softhebb_winners(3 ** -0.5) == 1
+    assert softhebb_winners(None) >= 10
+
+
 # ---------------------------------------------------------------------- locality and label invariance
 @pytest.mark.parametrize("variant", ["oja", "softhebb"])
 def test_hidden_trajectory_ignores_the_labels(variant):

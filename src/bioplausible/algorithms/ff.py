@@ -15,18 +15,23 @@ normalised by its length, so only its direction reaches the next layer and goodn
 upward:
 
     x̂_{l-1} = h_{l-1} / (rms(h_{l-1}) + ε),   rms(h) = ‖h‖/√d   (l ≥ 2; layer 1 reads the labelled input)
-    h_l = block_l(sg(x̂_{l-1})),   G_l = mean_j h_{l,j}²,   p(positive) = σ(G_l - θ)
-    ℓ_l = mean_pos softplus(θ - G_l) + mean_neg softplus(G_l - θ)
+    h_l = block_l(sg(x̂_{l-1})),   G_l = mean_j h_{l,j}²,   p(positive) = σ(d_l (G_l - θ))
+    ℓ_l = mean_pos softplus(d_l (θ - G_l)) + mean_neg softplus(d_l (G_l - θ))
 
 This is the spec's ``h/(‖h‖ + ε)`` up to the constant √d: each entry of ``x̂`` stays of order
 1, as the blocks' initialisation expects (with unit length the entries are 1/√d and on digits
 the layers above the first barely learned: 7.5% test accuracy).
 
-The goodness is the *mean* square over a layer's units (over channels and pixels for conv maps)
-with a threshold per unit, θ = 0.5 by default; a mean with θ equals a sum with θ·d, so one θ
-serves layers of every width, and 0.5 is reachable by bounded activations (tanh: G < 1), which
-the spec's θ = 2 would not be. The model's output block is a layer like the others (goodness
-of its linear outputs); the rule never reads its outputs as class scores.
+The goodness is the *mean* square over a layer's ``d_l`` units (over channels and pixels for conv
+maps) with a threshold per unit, θ = 0.5 by default, so one θ serves layers of every width, and
+0.5 is reachable by bounded activations (tanh: G < 1), which the spec's θ = 2 would not be. The
+logit is ``d_l (G_l - θ) = Σ_j h² - θ d_l``: the spec's (Hinton's) sum goodness against the
+threshold θ·d_l. The logit ``G_l - θ`` alone would stay within ±θ for tanh units, so the loss
+would be almost linear in G and never concentrate on the examples still on the wrong side: on the
+DLL MNIST MLP (tanh, 1 epoch) the loss ended at 1.35 (chance: 2 ln 2 = 1.39), the third hidden
+layer alone classified 64% (80% with the sum) and the whole net 85.2% (86.5%). The model's
+output block is a layer like the others (goodness of its linear outputs); the rule never reads
+its outputs as class scores.
 
 Prediction: for every label ``c`` the input carrying ``c`` runs through the net and the
 goodness of every layer *except the first* is summed; the class is the argmax. Here a layer's
@@ -167,8 +172,8 @@ class ForwardForward(LayerwiseRule):
     def unit_loss(self, i: int, h, scores, y: torch.Tensor):
         """``ℓ_l``; the carry is the candidate stream's goodness summed over layers ≥ 2 (the class scores)."""
         positive, negative, candidates = h
-        theta = self.hp.threshold
-        loss = F.softplus(theta - goodness(positive)).mean() + F.softplus(goodness(negative) - theta).mean()
+        theta, d = self.hp.threshold, positive[0].numel()  # the logit is d (G - θ): see the module doc
+        loss = F.softplus(d * (theta - goodness(positive))).mean() + F.softplus(d * (goodness(negative) - theta)).mean()
         if scores is None:
             scores = torch.zeros(len(y), self.model.num_classes, device=y.device, dtype=positive.dtype)
         if i > 0:  # the first layer's goodness is left out of the prediction
