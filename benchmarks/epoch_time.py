@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Epoch time per rule vs BP: {args.model} on {args.dataset}, batch {args.batch_size}",
         "",
-        f"{result['date']} · {result['machine']} · torch {result['torch']} · median of {args.repeats} interleaved epochs",
+        f"{result['date']} · {result['machine']} · torch {result['torch']} · median of {args.repeats} interleaved epochs"
+        + (f" of {args.limit_batches} batches each (the seconds are for those; the accuracy is after them, with"
+           " the rules' default settings: not a learning result)" if args.limit_batches else ""),
         f"· command: `{result['command']}`",
         "",
         "| rule | s / epoch (median) | time / BP | target | data loading | test acc after 1 epoch |",
