@@ -247,9 +247,10 @@ class EquilibriumRule(LearningRule):
         reached time T one step earlier."""
         rows, layers = len(states[0]), len(states)
         start = [s.t() for s in states]
-        ahead = self.dynamics.step_columns(start, self.dynamics.constant_columns(drive, syn), syn)  # time 1
+        constants = self.dynamics.constant_columns(drive, syn)
+        ahead = self.dynamics.step_columns(start, constants, syn)  # time 1
         chains = [torch.cat(pair, dim=1) for pair in zip(start, ahead)]  # [width, 2B]: even chain | odd chain
-        constants = self.dynamics.constant_columns([stack_twice(d) for d in drive], syn)
+        constants = [torch.cat([c, c], dim=1) for c in constants]  # the same terms for both chains
         for k in range(1, steps + 1):  # layer l = index + 1 moves when l + k is even
             self.dynamics.step_columns(chains, constants, syn, out=chains, layers=range((k + 1) % 2, layers, 2))
         self.last_steps = steps
