@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -73,7 +74,10 @@ def main(argv=None) -> None:
     times = round_robin_step_seconds(rules, x, y, args.repeats, report=lambda round_, times: print(
         f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v), flush=True))
     median = {label: statistics.median(t) for label, t in times.items()}
-    meta = {"command": "python " + shlex.join(sys.argv), "device": describe_device(device),
+    # glibc's allocator settings change the timings of rules sharing one process (with its defaults,
+    # BP's step took 2.45 s among the ten rules and 1.5 s alone on a 2-core EPYC): record them.
+    malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+    meta = {"command": " ".join(filter(None, [malloc, "python", shlex.join(sys.argv)])), "device": describe_device(device),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "batch": args.batch,
             "net": args.net, "modules": args.modules, "repeats": args.repeats}
     RESULTS.mkdir(exist_ok=True)
@@ -81,8 +85,8 @@ def main(argv=None) -> None:
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "seconds": times, "median": median}, indent=1))
     lines = [f"# Seconds per training batch, {args.net} K={args.modules}, batch {args.batch}", "",
              f"Device: {meta['device']}. Date: {meta['date']}. Command: `{meta['command']}`.",
-             f"Median of {args.repeats} round-robin steps after a warm-up round; the machine is shared with "
-             "other jobs, so absolute seconds are indicative; the ratios (same run, interleaved steps) are the figure to read.", "",
+             f"Median of {args.repeats} round-robin steps after a warm-up round. Absolute seconds depend on "
+             "the machine's load; the ratios (same run, interleaved steps) are the figure to read.", "",
              "| rule | s / batch | ÷ BP |", "|---|---|---|"]
     lines += [f"| {label} | {median[label]:.3f} | {median[label] / median['bp']:.2f} |" for label in rules]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")

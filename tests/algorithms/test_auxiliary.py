@@ -204,6 +204,29 @@ def test_mlaan_recompute_keeps_one_module_graph_as_dgl_does():
     assert peak["kept"] - peak["rebuilt"] > (rule.k - 1) * activation, (peak, activation)
 
 
+@pytest.mark.parametrize("recompute", [False, True], ids=["shared-forward", "recompute"])
+def test_mlaan_weight_gradient_passes_per_module(recompute):
+    """With kept graphs, the errors reaching a module (its independent head's and every window's)
+    are summed at its output and reach its weights in one backward pass; the windows' own passes
+    carry errors to module inputs only. Rebuilt windows send each error to the weights as it
+    comes: the independent head's and the k windows' make k + 1 passes through an inner module."""
+    rule = create_algorithm("mlaan", tiny_resnet(), recompute=recompute).double()
+    rule.configure_optimizers(frozen_sgd)
+    passes = {}
+    for name, p in rule.model.named_parameters():
+        p.register_post_accumulate_grad_hook(lambda p, name=name: passes.__setitem__(name, passes.get(name, 0) + 1))
+    rule.train_step(*data())
+    per_module = {}
+    for name, count in passes.items():
+        if module_of(rule, "model." + name) is not None:
+            per_module.setdefault(module_of(rule, "model." + name), set()).add(count)
+    windows = {j: sum(n - rule.k + 1 <= j <= n for n in rule.window_ends) for j in range(len(rule.units))}
+    assert max(windows.values()) == rule.k
+    for j, counts in per_module.items():
+        expected = 1 if not recompute or j == len(rule.units) - 1 else 1 + windows[j]
+        assert counts == {expected}, (j, counts)
+
+
 def test_error_root_sends_its_error_once_and_frees_it_from_a_retained_graph():
     """MLAAN's pushes enter a window's error as the gradient of a root: exactly ``e`` reaches the
     module's output, and ``e`` is freed by the backward although the module's graph is kept for

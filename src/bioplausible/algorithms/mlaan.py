@@ -40,10 +40,14 @@ the modules' own forward. Two schedules compute the same update (tested against 
 against :meth:`reference_losses`, the authors' recomputing form, used by the tests as the oracle):
 
 * ``recompute = false``: each module runs forward once and keeps its graph (with its input as a
-  leaf) while a pending window still needs it; each window's gradient is pushed down through its
-  ``k`` modules by vector-Jacobian products (``backward(inputs=...)``), stopping at the window's
-  first module. Memory holds ``k`` modules' graphs instead of DGL's one; the cost is one forward
-  plus ``k + 1`` backward passes per module.
+  leaf) while a pending window still needs it; each window's error is carried down through its
+  ``k`` modules by vector-Jacobian products with respect to the modules' inputs only
+  (``backward(inputs=[input])``: no weight gradients), stopping at the window's first module.
+  The errors that reach a module's output (its independent head's and every window's) are
+  summed there, and the sum is pushed to the module's parameters once, when its last window has
+  run: the same update, as the gradient is linear in the error. Memory holds ``k`` modules'
+  graphs and summed errors instead of DGL's one graph; the cost is one forward, ``k − 1``
+  input-only and one parameter backward pass per module (instead of ``k + 1`` full ones).
 * ``recompute = true`` (activation recomputation, as the authors): a module's graph is freed by
   its independent loss's backward, as in DGL; only its detached input (and the random-number
   state its forward drew from, for dropout) is kept while a window containing it is pending. A
@@ -56,11 +60,14 @@ against :meth:`reference_losses`, the authors' recomputing form, used by the tes
   with stride 1 every module starts one) and the error waiting on a residual block's identity
   branch while a push computes the error at the module's input (DGL never sends an error below a
   module). The rebuilt forward leaves BatchNorm's running statistics alone (the batch is counted
-  once). Cost: ``k`` more module forwards per module.
+  once). Cost: ``k`` more module forwards per module, and each window's error goes to the
+  parameters as it comes (``k + 1`` full backward passes per module): summing the errors first
+  would hold ``k − 1`` more activation-sized tensors, which is what this mode avoids.
 
 A module's optimizer steps once the last window containing it has run. The default is
 ``recompute = false``: both give the same step, and on the CPU (where this project trains) the
-rebuilt windows cost about a quarter more time per step while memory is not what limits a run;
+rebuilt windows cost 1.8× the kept-graph step (ResNet-32 K=16, batch 128, 2-core EPYC,
+``mlaan-speed-cpu-20261123-idle.md``) while memory is not what limits a run;
 ``recompute = true`` is for memory-bound runs and for the paper's memory comparison
 (``benchmarks/mlaan_memory.py`` measures both).
 
@@ -270,12 +277,14 @@ class MLAAN(AuxiliaryRule):
     def _params(self, j: int) -> list[torch.Tensor]:
         return [p for b in self.units[j] for p in b.parameters() if p.requires_grad]
 
-    def _push(self, out: torch.Tensor, error: list, j: int, inp: torch.Tensor | None, retain: bool) -> None:
+    def _push(self, out: torch.Tensor, error: list, j: int, inp: torch.Tensor | None, retain: bool,
+              params: bool = True) -> None:
         """Vector-Jacobian product through module j of the error ``e``, the one element of ``error``:
-        accumulate ``eᵀ ∂out/∂θ_j`` into θ_j's ``.grad`` and, when ``inp`` is given, put
-        ``eᵀ ∂out/∂inp`` into ``error`` (the next push's error). ``retain`` keeps module j's graph
-        for a later window; the last pass through it frees it."""
-        inputs = self._params(j) + ([inp] if inp is not None else [])
+        accumulate ``eᵀ ∂out/∂θ_j`` into θ_j's ``.grad`` (unless ``params`` is false: autograd then
+        skips the weight gradients) and, when ``inp`` is given, put ``eᵀ ∂out/∂inp`` into ``error``
+        (the next push's error). ``retain`` keeps module j's graph for a later pass; the last pass
+        through it frees it."""
+        inputs = (self._params(j) if params else []) + ([inp] if inp is not None else [])
         e = error.pop()
         if not inputs or not out.requires_grad:
             return
@@ -297,27 +306,37 @@ class MLAAN(AuxiliaryRule):
         with replayed(rng, inp), running_stats_frozen(self.units[j]):
             return inp, self.forward_unit(j, inp)
 
-    def _window_push(self, j: int, error: list, live: dict, to_input: bool, retain: bool) -> None:
+    def _window_push(self, j: int, error: list, live: dict, to_input: bool) -> None:
         """A window's error through module j, from its kept graph or (``recompute``) one rebuilt
-        from its held input; leaves the error at module j's input in ``error`` if ``to_input``.
-        A rebuilt output dies here, before the next module is rebuilt."""
+        from its held input; leaves the error at module j's input in ``error`` if ``to_input``."""
         if not self.hp.recompute:
-            inp, out = live[j]
-        else:
-            inp, out = self._recomputed(j, *live[j], to_input)
-            # The rebuilt output equals the held input of module j + 1 (same input, parameters and
-            # random numbers) and the graph keeps it: it replaces the held copy, whose storage is
-            # freed here (nothing else refers to it), so the two are never alive together.
-            live[j + 1][0] = out.detach()
-        self._push(out, error, j, inp if to_input else None, retain)
+            # Kept graphs: θ_j's gradient is linear in the error, so the errors of every window
+            # through module j are summed at its output and pushed to θ_j once, by
+            # ``train_step`` when the last of them has arrived; here a window's error only goes
+            # on to module j's input, without weight gradients. Half the backward convolutions
+            # of pushing each window's error to θ_j as it comes, for k − 1 more held errors.
+            inp, out, summed = live[j]
+            summed.add_(error[-1])
+            if to_input:
+                self._push(out, error, j, inp, retain=True, params=False)
+            else:
+                error.pop()
+            return
+        inp, out = self._recomputed(j, *live[j], to_input)
+        # The rebuilt output equals the held input of module j + 1 (same input, parameters and
+        # random numbers) and the graph keeps it: it replaces the held copy, whose storage is
+        # freed here (nothing else refers to it), so the two are never alive together. The
+        # rebuilt graph dies with this push, before the next module is rebuilt.
+        live[j + 1][0] = out.detach()
+        self._push(out, error, j, inp if to_input else None, retain=False)
 
     def train_module(self, t: int, carry, y: torch.Tensor, live: dict):
         """Module t's forward and losses: the model's own classifier for the last module, else the
         independent auxiliary and, if a window ends here, the cascade auxiliary, whose gradient
         goes down through the window's modules. ``live`` holds, per module whose input is still
-        needed, ``[input, output]`` (graph kept) or, with ``recompute``, ``[input, random-number
-        state]`` to rebuild the graph from; module t's entry has its input, and this adds module
-        t + 1's. Returns the module's loss and scores."""
+        needed, ``[input, output, summed error at the output]`` (graph kept) or, with
+        ``recompute``, ``[input, random-number state]`` to rebuild the graph from; module t's
+        entry has its input, and this adds module t + 1's. Returns the module's loss and scores."""
         recompute, last = self.hp.recompute, t == len(self.units) - 1
         held = live[t]
         with self.unit_rng(t):  # the draws (dropout) of run_unit, which a pipeline stage runs
@@ -329,18 +348,17 @@ class MLAAN(AuxiliaryRule):
             loss.backward(inputs=self._params(t) or None)
             return loss.detach(), out.detach()
         live[t + 1] = [out.detach().requires_grad_(self.chained[t + 1] and not recompute), None]
-        if not recompute:
-            held[1] = out
         z = out.detach().requires_grad_()  # the heads' input: their backward stops here
         loss, scores = self.aux_loss(t, self.aux[t], z, carry, y)
         loss.backward()  # γ_t's update (9); z.grad is the error the head sends to module t
         # Detached: their graphs' nodes would keep z, hence module t's output, alive.
         loss, scores = loss.detach(), scores.detach()
-        # Module t's graph is needed again by a window, unless the window rebuilds it.
-        later = not recompute and (t in self.window_ends or self.last_use[t] > t)
         error = [z.grad.mul_(self.independent_scale)]  # in place: no second activation-sized copy
         z.grad = None
-        self._push(out, error, t, None, retain=later)
+        if recompute:
+            self._push(out, error, t, None, retain=False)
+        else:  # the first term of module t's summed error; train_step pushes the sum to θ_t
+            held[1:] = [out, error.pop()]
         if t in self.window_ends:
             self.aux_loss(t, self.cascade[str(t)], z, carry, y)[0].backward()  # β_t's update (11)
             error = [z.grad.mul_(1 - self.hp.a)]
@@ -350,7 +368,7 @@ class MLAAN(AuxiliaryRule):
             del out, z
             first = t - self.k + 1
             for j in range(t, first - 1, -1):
-                self._window_push(j, error, live, j > first, retain=not recompute and self.last_use[j] > t)
+                self._window_push(j, error, live, j > first)
         return loss, scores
 
     def train_unit(self, i: int, h, carry, y):
@@ -371,12 +389,18 @@ class MLAAN(AuxiliaryRule):
         for t in range(len(self.units)):
             loss, scores = self.train_module(t, carry, y, live)
             for j in range(t + 1):
-                if self.last_use[j] == t:  # no window needs module j any more: step, free its graph
-                    live.pop(j, None)
-                    if self.unit_optimizers[j] is not None:
-                        self.unit_optimizers[j].step()
+                if self.last_use[j] == t:  # no window needs module j any more
+                    self._finish_module(j, live.pop(j, None))
         self.after_step()
         return StepResult(loss, scores)
+
+    def _finish_module(self, j: int, held: list | None) -> None:
+        """Module j's last pass and step: with a kept graph, the errors summed at its output go to
+        θ_j (and the graph is freed); what ``held`` refers to dies on return."""
+        if held is not None and len(held) == 3:
+            self._push(held[1], [held.pop()], j, None, retain=False)
+        if self.unit_optimizers[j] is not None:
+            self.unit_optimizers[j].step()
 
     @torch.no_grad()
     def after_step(self) -> None:
