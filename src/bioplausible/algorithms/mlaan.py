@@ -62,7 +62,7 @@ against :meth:`reference_losses`, the authors' recomputing form, used by the tes
   module). The rebuilt forward leaves BatchNorm's running statistics alone (the batch is counted
   once). Cost: ``k`` more module forwards per module, and each window's error goes to the
   parameters as it comes (``k + 1`` full backward passes per module): summing the errors first
-  would hold ``k − 1`` more activation-sized tensors, which is what this mode avoids.
+  would hold ``k`` more activation-sized tensors, which is what this mode avoids.
 
 A module's optimizer steps once the last window containing it has run. The default is
 ``recompute = false``: both give the same step, and on the CPU (where this project trains) the
@@ -314,7 +314,8 @@ class MLAAN(AuxiliaryRule):
             # through module j are summed at its output and pushed to θ_j once, by
             # ``train_step`` when the last of them has arrived; here a window's error only goes
             # on to module j's input, without weight gradients. Half the backward convolutions
-            # of pushing each window's error to θ_j as it comes, for k − 1 more held errors.
+            # of pushing each window's error to θ_j as it comes, for k held errors (one per
+            # module of a window: 3 activations more at the peak for k = 3, measured).
             inp, out, summed = live[j]
             summed.add_(error[-1])
             if to_input:
