@@ -10,6 +10,7 @@ MNIST."""
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import weakref
@@ -212,14 +213,14 @@ def test_mlaan_weight_gradient_passes_per_module(recompute):
     comes: the independent head's and the k windows' make k + 1 passes through an inner module."""
     rule = create_algorithm("mlaan", tiny_resnet(), recompute=recompute).double()
     rule.configure_optimizers(frozen_sgd)
-    passes = {}
+    passes = collections.Counter()
     for name, p in rule.model.named_parameters():
-        p.register_post_accumulate_grad_hook(lambda p, name=name: passes.__setitem__(name, passes.get(name, 0) + 1))
+        p.register_post_accumulate_grad_hook(lambda p, name=name: passes.update([name]))
     rule.train_step(*data())
     per_module = {}
     for name, count in passes.items():
-        if module_of(rule, "model." + name) is not None:
-            per_module.setdefault(module_of(rule, "model." + name), set()).add(count)
+        if (j := module_of(rule, "model." + name)) is not None:
+            per_module.setdefault(j, set()).add(count)
     windows = {j: sum(n - rule.k + 1 <= j <= n for n in rule.window_ends) for j in range(len(rule.units))}
     assert max(windows.values()) == rule.k
     for j, counts in per_module.items():

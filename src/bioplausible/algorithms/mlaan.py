@@ -391,14 +391,15 @@ class MLAAN(AuxiliaryRule):
             loss, scores = self.train_module(t, carry, y, live)
             for j in range(t + 1):
                 if self.last_use[j] == t:  # no window needs module j any more
-                    self._finish_module(j, live.pop(j, None))
+                    self._finish_module(j, live.pop(j))
         self.after_step()
         return StepResult(loss, scores)
 
-    def _finish_module(self, j: int, held: list | None) -> None:
+    def _finish_module(self, j: int, held: list) -> None:
         """Module j's last pass and step: with a kept graph, the errors summed at its output go to
-        θ_j (and the graph is freed); what ``held`` refers to dies on return."""
-        if held is not None and len(held) == 3:
+        θ_j (and the graph is freed; the last module ran its own backward); what ``held`` refers to
+        dies on return."""
+        if not self.hp.recompute and j < len(self.units) - 1:
             self._push(held[1], [held.pop()], j, None, retain=False)
         if self.unit_optimizers[j] is not None:
             self.unit_optimizers[j].step()
