@@ -7,7 +7,8 @@ ResNet-32 K=16, Fashion-MNIST (1-channel stem), from the CPU presets ``configs/m
     python benchmarks/mlaan_accuracy.py --device cuda --jobs 14 --epochs 5   # on a GPU, under MPS (README)
 
 ``--width``, ``--epochs`` and ``--limit`` (training batches per epoch) shrink the run; the table
-states what was run. ``--jobs N`` trains N runs at once (``compare.train_all``); their seconds are
+states what was run. Each run has its directory in ``runs/mlaan-accuracy``; ``--resume`` continues
+a table that was cut off (a CPU table takes hours) from the runs' checkpoints. ``--jobs N`` trains N runs at once (``compare.train_all``); their seconds are
 then not speed figures, and the table says so. The paper's CIFAR-10 numbers (test error, ResNet-32 K=16: BP 6.37, DGL 14.08,
 DGL* 6.36, InfoPro 12.93, InfoPro* 6.37; ablation MLM 8.46, LAM 7.64) are printed beside ours for
 orientation only: a different dataset and a far shorter schedule.
@@ -48,6 +49,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (then seconds are not speed figures)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs already in runs/mlaan-accuracy (finished ones are read back)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [r for r in ROWS if args.rows is None or r[1] in args.rows.split(",")]
@@ -63,7 +66,7 @@ def main(argv=None) -> None:
                 changes["epochs"] = args.epochs
                 changes["warmup_epochs"] = min(config.warmup_epochs, args.epochs - 1)
             configs.append(config.replace(**changes))
-    results = iter(train_all(configs, args.jobs))
+    results = iter(train_all(configs, args.jobs, args.resume))
     out = []
     for label, preset, paper in rows:
         runs = [next(results) for _ in seeds]

@@ -63,6 +63,7 @@ def test_resume_continues_an_interrupted_run(tmp_path):
         (["train", "--resume", "/nonexistent/run"], "cannot resume"),
         (["compare", "--algos", "bp,xyz"], "unknown algorithm 'xyz'"),
         (["compare", "--seeds", "a,b"], "'--seeds' must be comma-separated integers"),
+        (["compare", "--resume"], "'resume' needs the directory of the comparison to continue ('--out')"),
         (["compare", "--algos", "bp,fa", "--set", "kp:lr=0.1"], "'--set kp:...' names a rule that is not compared"),
         (["compare", "--algos", "bp,kp", "--set", "kp:algo.decy=0.1"], "algorithm 'kp' has no option 'decy'"),
     ],
@@ -119,3 +120,21 @@ def test_compare_with_jobs_gives_the_sequential_results(tmp_path):
     assert accuracy[2] == accuracy[1]
     assert "1.00x" in runs[1].stdout and "1.00x" not in runs[2].stdout
     assert "2 runs at a time" in (tmp_path / "j2" / "results.md").read_text()
+
+
+def test_compare_resume_reads_back_finished_runs_and_continues_cut_ones(tmp_path):
+    """``--resume`` on a comparison's directory trains only what is missing: a finished run is
+    read back as it is, a run with no checkpoint is trained, and the table is the same."""
+    common = ("compare", "--algos", "bp,fa", "--epochs", "1", "--seeds", "0", "--batch-size", "64",
+              "--set", "model.hidden=[16]", "--out", str(tmp_path / "cmp"))
+    first = cli(*common)
+    assert first.returncode == 0, first.stderr
+    bp_checkpoint = tmp_path / "cmp" / "bp-s0" / "checkpoint.pt"
+    written = bp_checkpoint.stat().st_mtime_ns
+    (tmp_path / "cmp" / "fa-s0" / "checkpoint.pt").unlink()  # as if cut during its first epoch
+    accuracy = [(r["algorithm"], r["test_acc"]) for r in csv.DictReader(open(tmp_path / "cmp" / "results.csv"))]
+    again = cli(*common, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert bp_checkpoint.stat().st_mtime_ns == written
+    assert (tmp_path / "cmp" / "fa-s0" / "checkpoint.pt").is_file()
+    assert [(r["algorithm"], r["test_acc"]) for r in csv.DictReader(open(tmp_path / "cmp" / "results.csv"))] == accuracy

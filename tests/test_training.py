@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bioplausible import TrainConfig, resume, train
+from bioplausible.training import train_or_resume
 from bioplausible.errors import CheckpointError, ConfigError, DivergenceError
 from bioplausible.training.checkpoint import load_checkpoint
 from bioplausible.training.optim import lr_factor
@@ -75,6 +76,32 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, algo):
     resumed = resume(tmp_path / "cut")
     assert without_timings(resumed.history) == without_timings(full.history)
     assert without_timings(read_metrics(tmp_path / "cut")) == without_timings(full.history)
+
+
+def test_train_or_resume_continues_a_cut_run_and_reads_back_a_finished_one(tmp_path):
+    """A table of runs survives an interruption: the cut run continues to the uninterrupted
+    result, also where only how it executes changed, and a finished run is not trained again."""
+    values = dict(algo="fa", epochs=3, optimizer="sgd", lr=0.05, schedule="cosine")
+    full = train(quick(tmp_path, "full", **values))
+
+    def kill_after_first_epoch(trainer, metrics):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(quick(tmp_path, "cut", **values), callbacks=[kill_after_first_epoch])
+    config = TrainConfig.from_dict(quick(tmp_path, "cut", **values, progress=True, data_dir=str(tmp_path)))
+    resumed = train_or_resume(config)
+    assert without_timings(resumed.history) == without_timings(full.history)
+    checkpoint = tmp_path / "cut" / "checkpoint.pt"
+    written = checkpoint.stat().st_mtime_ns
+    again = train_or_resume(config)
+    assert again.history == resumed.history and checkpoint.stat().st_mtime_ns == written
+
+
+def test_train_or_resume_refuses_a_directory_of_another_configuration(tmp_path):
+    train(quick(tmp_path, epochs=1, lr=0.01))
+    with pytest.raises(ConfigError, match=r"holds a run with other 'lr' \(lr=0.01\)"):
+        train_or_resume(TrainConfig.from_dict(quick(tmp_path, epochs=1, lr=0.02)))
 
 
 def test_divergence_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path):

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="output directory (default runs/compare-<model>-<dataset>-<time>)")
     compare.add_argument("--jobs", type=int, default=1,
                          help="runs at once, each in its own process (a GPU fits many small runs; default 1)")
+    compare.add_argument("--resume", action="store_true",
+                         help="continue the comparison in --out: finished runs are read back, interrupted ones resume")
 
     listing = sub.add_parser("list", help="list algorithms, models or datasets")
     listing.add_argument("what", nargs="?", choices=["algorithms", "models", "datasets"], default=None)
@@ -102,7 +104,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     out = values.pop("out", None)
     shared, per_rule = split_rule_overrides(args.set)
     base = load_config(args.config, shared, **values)
-    rows, out_dir = compare(algos, base, seeds, Path(out) if out else None, per_rule, args.jobs)
+    rows, out_dir = compare(algos, base, seeds, Path(out) if out else None, per_rule, args.jobs, args.resume)
     print(markdown_table(rows))
     print(f"\ntables and learning curves: {out_dir}/results.md, results.csv, learning_curves.png")
 

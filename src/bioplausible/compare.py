@@ -21,7 +21,7 @@ from .algorithms import ALGORITHMS  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import load_dataset  # noqa: E402
 from .errors import ConfigError  # noqa: E402
-from .training import RunResult, train  # noqa: E402
+from .training import RunResult, train, train_or_resume  # noqa: E402
 
 DEFAULT_ALGOS = ("bp", "fa", "dfa", "kp", "wm")
 
@@ -61,8 +61,10 @@ def split_rule_overrides(items: list[str]) -> tuple[list[str], dict[str, list[st
     return shared, per_rule
 
 
-def train_all(configs: list[TrainConfig], jobs: int = 1) -> Iterator[RunResult]:
-    """Train every configuration; with ``jobs > 1`` that many at once, each in its own process.
+def train_all(configs: list[TrainConfig], jobs: int = 1, resume: bool = False) -> Iterator[RunResult]:
+    """Train every configuration; with ``jobs > 1`` that many at once, each in its own process;
+    with ``resume``, continue the runs already in the configurations' ``out`` directories
+    (:func:`~bioplausible.training.train_or_resume`).
 
     Concurrent runs share the processor or GPU, so their seconds per epoch are not speed figures;
     on a GPU, which one small model leaves mostly idle, they are how a table of many rules and seeds
@@ -76,15 +78,15 @@ def train_all(configs: list[TrainConfig], jobs: int = 1) -> Iterator[RunResult]:
             key = (config.dataset, config.data_dir, config.val_split, config.seed)
             if key not in cache:  # the same data for every rule; loaded once per seed
                 cache[key] = load_dataset(*key)
-            yield _report(train(config, data=cache[key]))
+            yield _report((train_or_resume if resume else train)(config, data=cache[key]))
         return
     # spawn, not fork: a forked child of a process that touched CUDA cannot use it.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_train_and_report, configs)
+        yield from pool.map(_train_and_report, configs, [resume] * len(configs))
 
 
-def _train_and_report(config: TrainConfig) -> RunResult:
-    return _report(train(config))
+def _train_and_report(config: TrainConfig, resume: bool) -> RunResult:
+    return _report((train_or_resume if resume else train)(config))
 
 
 def _report(result: RunResult) -> RunResult:
@@ -95,15 +97,19 @@ def _report(result: RunResult) -> RunResult:
 
 
 def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path | None = None,
-            per_rule: dict[str, list[str]] | None = None, jobs: int = 1) -> tuple[list[ComparisonRow], Path]:
+            per_rule: dict[str, list[str]] | None = None, jobs: int = 1,
+            resume: bool = False) -> tuple[list[ComparisonRow], Path]:
     """Run every ``algo`` x ``seed`` with ``base`` otherwise unchanged, except for the ``key=value``
     overrides ``per_rule[algo]`` of that rule; ``jobs`` runs at once (see :func:`train_all`, and
-    then no time ratio is given); write CSV, Markdown, PNG."""
+    then no time ratio is given); with ``resume``, continue an interrupted comparison in
+    ``out_dir``; write CSV, Markdown, PNG."""
     per_rule = per_rule or {}
     if not seeds:
         raise ConfigError("'seeds' must name at least one seed")
     for algo in algos:
         ALGORITHMS.get(algo)
+    if resume and out_dir is None:
+        raise ConfigError("'resume' needs the directory of the comparison to continue ('--out')")
     for algo in per_rule:
         if algo not in algos:
             raise ConfigError(f"'--set {algo}:...' names a rule that is not compared; compared: {', '.join(algos)}")
@@ -117,7 +123,7 @@ def compare(algos: list[str], base: TrainConfig, seeds: list[int], out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = [(algo, seed) for algo in algos for seed in seeds]
     results = list(train_all([configs[algo].replace(algo=algo, seed=seed, out=str(out_dir / f"{algo}-s{seed}"),
-                                                    progress=False) for algo, seed in pairs], jobs))
+                                                    progress=False) for algo, seed in pairs], jobs, resume))
     runs: dict[str, list[RunResult]] = {}
     for (algo, _), result in zip(pairs, results):
         runs.setdefault(algo, []).append(result)

@@ -1,5 +1,5 @@
 """Training loop, optimizers, schedules and checkpoints."""
 
-from .trainer import RunResult, Trainer, resume, train
+from .trainer import RunResult, Trainer, resume, train, train_or_resume
 
-__all__ = ["RunResult", "Trainer", "resume", "train"]
+__all__ = ["RunResult", "Trainer", "resume", "train", "train_or_resume"]

@@ -147,14 +147,13 @@ class Trainer:
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, **kwargs) -> "Trainer":
         """Rebuild a run from its directory and restore its last checkpoint."""
-        run_dir = Path(run_dir)
-        config_path = run_dir / "config.yaml"
-        if not config_path.is_file():
-            raise ConfigError(f"cannot resume: '{config_path}' does not exist")
-        values = load_yaml(config_path.read_text())
-        trainer = cls(TrainConfig.from_dict({**values, "out": str(run_dir)}), **kwargs)
-        trainer.load_state(load_checkpoint(run_dir / "checkpoint.pt", map_location=trainer.device))
-        return trainer
+        values = stored_config(run_dir)
+        return cls(TrainConfig.from_dict({**values, "out": str(run_dir)}), **kwargs).restore()
+
+    def restore(self) -> "Trainer":
+        """Continue from the last checkpoint in the run directory."""
+        self.load_state(load_checkpoint(self.out_dir / "checkpoint.pt", map_location=self.device))
+        return self
 
     def state(self, epoch: int) -> dict:
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -386,3 +385,33 @@ def train(config: TrainConfig | dict | None = None, *, data: DataSplits | None =
 def resume(run_dir: str | Path, callbacks: list[EpochCallback] | None = None) -> RunResult:
     """Continue an interrupted run from the last checkpoint in ``run_dir``."""
     return Trainer.from_run_dir(run_dir, callbacks=callbacks).fit()
+
+
+# Where and how a run executes, not what it computes: a run may continue with these changed.
+EXECUTION_KEYS = frozenset({"out", "device", "num_threads", "data_dir", "progress", "tensorboard"})
+
+
+def stored_config(run_dir: str | Path) -> dict:
+    """The configuration a run directory was trained with, as its ``config.yaml`` holds it."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"cannot resume: '{config_path}' does not exist")
+    return load_yaml(config_path.read_text())
+
+
+def train_or_resume(config: TrainConfig, *, data: DataSplits | None = None) -> RunResult:
+    """Train ``config`` into ``config.out``, or continue the run already there from its checkpoint;
+    a finished run is read back without training. Long tables of runs survive an interruption
+    this way. A run directory that holds another configuration is an error, never overwritten:
+    only where and how the run executes (:data:`EXECUTION_KEYS`) may differ."""
+    run_dir = Path(config.out) if config.out else None
+    if run_dir is None or not (run_dir / "checkpoint.pt").is_file():
+        return train(config, data=data)
+    stored = stored_config(run_dir)
+    ours = load_yaml(yaml.safe_dump(config.to_dict()))  # the stored file's YAML round trip
+    changed = sorted(k for k in (stored.keys() | ours.keys()) - EXECUTION_KEYS if stored.get(k) != ours.get(k))
+    if changed:
+        raise ConfigError(f"'{run_dir}' holds a run with other {', '.join(repr(k) for k in changed)} "
+                          f"({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); continue it with "
+                          f"'bioplausible train --resume {run_dir}' or choose another directory")
+    return Trainer(config, data=data).restore().fit()
