@@ -283,6 +283,38 @@ def test_mlaan_without_mlm_and_lam_is_its_base(base):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
+def test_mlaan_with_a_1_sends_dgl_s_gradient_into_the_backbone():
+    """Loss weights a / 1 - a (spec: a = 0.001 on the independent losses): at a = 1 the cascade
+    windows send nothing into the backbone, whose gradient is then DGL's; with the weights
+    swapped it would be the windows' alone."""
+    x, y = data()
+    mlaan = create_algorithm("mlaan", tiny_resnet(), a=1.0, lam=False).double()
+    dgl = create_algorithm("dgl", tiny_resnet()).double()
+    assert create_algorithm("mlaan", tiny_resnet()).hp.a == 0.001
+    for rule in (mlaan, dgl):
+        rule.configure_optimizers(frozen_sgd)
+        rule.train_step(x, y)
+    for (name, p), q in zip(mlaan.model.named_parameters(), dgl.model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_mlaan_trains_one_module_at_a_time_only_without_windows_and_leap_copies():
+    """Layer-parallel stages run one module each: a cascade window spans k modules and LAM's EMA
+    copy follows a later module's block, so both are refused; without them a module's step is
+    DGL's."""
+    x, y = data()
+    for options, reason in [({}, "a cascade window"), ({"mlm": False}, "LAM's EMA copies")]:
+        with pytest.raises(ConfigError, match=reason):
+            create_algorithm("mlaan", tiny_resnet(), **options).double().train_unit(0, x, None, y)
+    rules = [create_algorithm("mlaan", tiny_resnet(), mlm=False, lam=False).double(), create_algorithm("dgl", tiny_resnet()).double()]
+    for rule in rules:
+        rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.1))
+    outputs = [rule.train_unit(0, x, None, y).h for rule in rules]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    for p, q in zip(rules[0].parameters(), rules[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 def test_infopro_lambda_schedule_interpolates_over_modules():
     rule = create_algorithm("infopro", create_model("resnet32", (3, 32, 32), 10, width=2))
     weights = [rule.loss_weights(i) for i in range(15)]
@@ -327,6 +359,8 @@ def test_options_are_checked():
         create_algorithm("mlaan", model, mlm=False, lam_head="cascade")
     with pytest.raises(ConfigError, match="'recompute' must be true or false"):
         create_algorithm("mlaan", model, recompute="yes")
+    with pytest.raises(ConfigError, match="'head_width' 0 builds an InfoPro head with no hidden units"):
+        create_algorithm("mlaan", model, base="infopro", head_width=0)
     with pytest.raises(ConfigError, match="'recon_weight' must be two"):
         create_algorithm("infopro", model, recon_weight=[1.0])
 

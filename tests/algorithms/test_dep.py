@@ -45,6 +45,14 @@ def test_every_branch_sees_exactly_half_of_its_inputs():
     assert not torch.equal(dendritic(seed=1).dynamics.connections[0].basal.mask, model.dynamics.connections[0].basal.mask)
 
 
+def test_apical_trees_have_no_bias_and_enter_the_soma_scaled_by_alpha_0_2():
+    model = dendritic()
+    assert model.dynamics.alpha == 0.2
+    apical = [c.apical for c in model.dynamics.connections if c.apical is not None]
+    assert len(apical) == 2 and all(trees.linear.bias is None for trees in apical)
+    assert all(c.basal.linear.bias is not None for c in model.dynamics.connections)
+
+
 @pytest.mark.parametrize("algo", ["dep", "dbptt"])
 def test_masked_weights_never_change(algo):
     model = dendritic()
@@ -175,14 +183,30 @@ def test_dbptt_through_the_whole_free_phase_is_bp_through_the_models_forward():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_dbptt_truncation_leaves_early_steps_without_gradient():
+def test_dbptt_gradient_flows_through_the_last_bptt_steps_of_the_free_phase_only():
+    """Against a reference written out here with the model's own step, not the rule's code:
+    T1 - T2 = 15 steps without gradient, then T2 = 5 with, the loss on the state after all 20;
+    keeping the first T2 steps or running another number of steps would differ."""
     model = dendritic()
     x, y = batch(model)
     rule = create_algorithm("dbptt", model, free_steps=20, bptt_steps=5)
-    rule.compute_updates(x, y)
-    expected = rule.bptt_gradients(x, y, steps=20, truncate=5)
-    for p, g in zip(rule.dynamics.parameters_in_order(), expected):
-        torch.testing.assert_close(p.grad, g, rtol=0, atol=1e-14)
+    result = rule.compute_updates(x, y)
+    dynamics = model.dynamics
+    with torch.no_grad():
+        syn = dynamics.synapses()
+        drive = dynamics.input_drive(x, syn)
+        states = dynamics.zero_states(len(x), drive[0])
+        for _ in range(15):
+            states = dynamics.step(states, drive, syn)
+    syn = dynamics.synapses()
+    drive = dynamics.input_drive(x, syn)
+    for _ in range(5):
+        states = dynamics.step(states, drive, syn)
+    loss = 0.5 * (states[-1] - F.one_hot(y, 6).double()).pow(2).sum(-1).mean()
+    expected = torch.autograd.grad(loss, dynamics.parameters_in_order())
+    for p, g in zip(dynamics.parameters_in_order(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(result.output, rule.predict(x), rtol=1e-10, atol=1e-12)
     full = rule.bptt_gradients(x, y, steps=20)
     assert not all(torch.allclose(a, b) for a, b in zip(expected, full))
 

@@ -138,6 +138,8 @@ class MLAANHyperparameters(AuxHyperparameters):
         if self.head_width is not None and (isinstance(self.head_width, bool) or not isinstance(self.head_width, numbers.Integral)
                                             or self.head_width < 0):
             raise ConfigError(f"mlaan: 'head_width' must be a non-negative integer or null, got {self.head_width!r}")
+        if self.base == "infopro" and self.head_width == 0:  # 0 means "the flattened width" for DGL's head only
+            raise ConfigError("mlaan: 'head_width' 0 builds an InfoPro head with no hidden units; give a positive width or null")
         check_pair("mlaan", "recon_weight", self.recon_weight)
         check_pair("mlaan", "task_weight", self.task_weight)
         if isinstance(self.decoder_width, bool) or not isinstance(self.decoder_width, numbers.Integral) or self.decoder_width < 1:
@@ -373,11 +375,16 @@ class MLAAN(AuxiliaryRule):
         return loss, scores
 
     def train_unit(self, i: int, h, carry, y):
-        """One module alone (layer-parallel stages) is only MLAAN without MLM: a cascade window's
-        backward crosses ``k`` modules, so it is not one stage's work."""
+        """One module alone (layer-parallel stages) is only MLAAN without MLM and LAM: a cascade
+        window's backward crosses ``k`` modules, and LAM's EMA copy follows block s + M of a later
+        module, which another stage trains; neither is one stage's work."""
         if self.window_ends:
             raise ConfigError("mlaan with mlm=true cannot be trained one module at a time (a cascade window "
                               f"backpropagates through {self.k} modules); use mlm=false or the plain train_step")
+        if self.leap_heads():
+            raise ConfigError("mlaan with lam=true cannot be trained one module at a time (LAM's EMA copies follow "
+                              "backbone blocks of later modules, which other stages train); use lam=false or the "
+                              "plain train_step")
         return super().train_unit(i, h, carry, y)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:

@@ -10,9 +10,10 @@ of the basal ones), scaled by ``α``:
     s_l ← σ(basal_l(s_{l-1}) + α apical_l(s_{l+1}))                             (9)
     s_N ← σ(basal_N(s_{N-1}) + β (y - s_N))                    (output; β = 0 when free)
 
-The masks ``m, n`` are drawn once from the global (seeded) RNG and kept as buffers; masked
-weights are zero and are multiplied by the mask wherever they are used, so no update ever
-reaches them.
+The masks ``m, n`` are drawn once from the global (seeded) RNG and kept as buffers. Masked
+weights start at zero and stay there: where autograd runs (BPTT, BP) the weight is multiplied by
+the mask, and DEP's closed-form gradients are masked, so no update reaches them; the relaxation
+without gradient therefore uses the weight as it is (:meth:`Branches.masked_weight`).
 
 Structure: :class:`Connection` ``l`` holds the synapses *between* layers ``l-1`` and ``l``: the
 basal branches of layer ``l`` on ``s_{l-1}`` and the apical branches of layer ``l-1`` on
