@@ -110,6 +110,26 @@ def test_module_loss_reaches_only_its_module_and_head(algo):
         assert not any(n.startswith("model.blocks.") and module_of(rule, n) != j for n in reached)
 
 
+@pytest.mark.parametrize("algo", ["dgl", "infopro", "auglocal"])
+def test_the_training_step_gives_each_module_the_gradient_of_its_own_loss_only(algo):
+    """The schedule, not just the heads: after ``train_step`` every parameter's gradient is that of
+    its module's loss on the module's detached input, so no gradient crossed a module boundary
+    (a missing detach would add the next module's gradient to this one's)."""
+    rule = create_algorithm(algo, tiny_resnet()).double()
+    reference = copy.deepcopy(rule)
+    rule.configure_optimizers(frozen_sgd)
+    x, y = data()
+    rule.train_step(x, y)
+    h, carry = x, reference.initial_carry(x)
+    for j in range(len(reference.units)):
+        h = reference.forward_unit(j, h.detach())
+        loss, carry, _ = reference.unit_loss(j, h, carry, y)
+        loss.backward()
+    for (name, p), q in zip(rule.named_parameters(), reference.parameters(), strict=True):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_mlaan_losses_reach_only_their_windows_and_never_the_ema_copies():
     rule = create_algorithm("mlaan", tiny_resnet()).double()
     x, y = data()
