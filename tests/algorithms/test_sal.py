@@ -91,6 +91,21 @@ def test_v_and_vbar_receive_transposed_updates_and_their_difference_decays():
         torch.testing.assert_close(level.vbar - level.v.T, (1 - lr * decay) * diff, rtol=1e-12, atol=1e-12)  # Lemma 1
 
 
+@pytest.mark.parametrize("gate", ["identity", "relu_of_Vh", "relu", "tanh"])
+def test_the_update_is_a_batch_mean_for_every_gate(gate):
+    """Repeating a batch leaves every update unchanged: the downstream gates act on each example's
+    own error, not on an error divided by the batch size (which made ``tanh`` linear at large B)."""
+    updates = []
+    for repeats in (1, 4):
+        sal = create_algorithm("sal", relu_mlp(), downstream_activation=gate)
+        x, y = batch(sal.model)
+        sal.compute_updates(x.repeat(repeats, *[1] * (x.dim() - 1)), y.repeat(repeats))
+        updates.append({name: p.grad for name, p in sal.named_parameters() if p.grad is not None})
+    assert updates[0].keys() == updates[1].keys() and len(updates[0]) > 4
+    for name in updates[0]:
+        torch.testing.assert_close(updates[1][name], updates[0][name], rtol=1e-10, atol=1e-13, msg=name)
+
+
 @pytest.mark.parametrize("ratio", [0.5, 1, 2, 5, 8])
 @pytest.mark.parametrize("gate", ["identity", "relu_of_Vh", "relu", "tanh"])
 def test_any_downstream_width_runs(ratio, gate):

@@ -45,8 +45,20 @@ CASES = {
     "mlp": (small_mlp, {}),
     "cnn": (small_cnn, {}),
     "mlp-model-head": (small_mlp, {"head": "model"}),
+    "vit": (small_vit, {}),
     "vit-blockwise": (small_vit, {"block_size": 2, "token_pool": "mean"}),
 }
+
+
+@pytest.mark.parametrize("block_size, expected", [(1, [1, 1, 1, 0]), (2, [2, 1]), (3, [3, 0])])
+def test_vit_units_hold_block_size_transformer_blocks_with_the_embedding_in_the_first(block_size, expected):
+    """SLL^{i+}: units of i transformer blocks. The patch embedding joins the first unit (alone,
+    its class-token output does not depend on the input, so its own loss would train nothing);
+    the head counts as a block, as an MLP's classifier layer does."""
+    rule = create_algorithm("sll", small_vit(), block_size=block_size)
+    kinds = [[type(b).__name__ for b in unit] for unit in rule.units]
+    assert [k.count("TransformerBlock") for k in kinds] == expected
+    assert kinds[0][0] == "PatchEmbedding" and kinds[-1][-1] == "ViTHead"
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -45,9 +45,17 @@ def detached(h):
 
 
 def split_blocks(blocks: Sequence[nn.Module], block_size: int) -> list[list[nn.Module]]:
-    """Consecutive groups of ``block_size`` blocks (the last one may be shorter)."""
+    """Consecutive groups of ``block_size`` blocks (the last one may be shorter). Leading blocks
+    marked ``joins_next_unit`` (ViT's patch embedding, which has no representation of its own for
+    a local loss to read) join the first group without being counted, so that SLL^{i+}'s units
+    hold i transformer blocks each."""
     blocks = list(blocks)
-    return [blocks[i:i + block_size] for i in range(0, len(blocks), block_size)]
+    lead = 0
+    while lead < len(blocks) - 1 and getattr(blocks[lead], "joins_next_unit", False):
+        lead += 1
+    groups = [blocks[i:i + block_size] for i in range(lead, len(blocks), block_size)]
+    groups[0] = blocks[:lead] + groups[0]
+    return groups
 
 
 @dataclass

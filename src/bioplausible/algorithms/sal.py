@@ -185,12 +185,14 @@ class SelfAssemblingLearning(LearningRule):
         return hs[:-1], h
 
     def output_error(self, output: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss and ``e = -∇_ŷ F`` of the batch-mean loss (the paper's error module)."""
+        """The batch-mean loss and the per-example errors ``e = -∇_ŷ F`` of each example's loss
+        (the paper's error module): the downstream neurons carry an example's own error, so a
+        nonlinear gate (``tanh``) sees the same input at any batch size."""
         with torch.enable_grad():
             out = output.detach().requires_grad_()
             loss = self.loss(out, y)
             (grad,) = torch.autograd.grad(loss, out)
-        return loss.detach(), grad.neg()
+        return loss.detach(), grad.mul_(-len(out))
 
     def downstream(self, hs: list[torch.Tensor], e: torch.Tensor) -> tuple[list, list]:
         """Feedback pass (eq. 2): ``h̄^l`` for ``l = 1..L`` and ``V^l h^l`` for the hidden levels,
@@ -220,7 +222,7 @@ class SelfAssemblingLearning(LearningRule):
         return hbars[l] if l == len(self.linears) else hbars[l] @ self.levels[l - 1].vbar.T
 
     def updates(self, hs: list, hbars: list, vhs: list) -> dict[nn.Parameter, torch.Tensor]:
-        """The Hebbian parts of eqs. 5-8 per unit rate (batch sums; e carries the 1/B of the mean loss)."""
+        """The Hebbian parts of eqs. 5-8 per unit rate, as batch means of the per-example products."""
         deltas: dict[nn.Parameter, torch.Tensor] = {}
         for l, layer in enumerate(self.linears):
             t = self.teaching(hbars, l + 1)
@@ -235,7 +237,8 @@ class SelfAssemblingLearning(LearningRule):
                 deltas[level.vbar] = hebb.T.contiguous()  # (8)
             if not self.hp.freeze_wbar:
                 deltas[level.wbar] = vhs[l].T @ hbars[l + 1]  # (7)
-        return deltas
+        batch = len(hs[0])
+        return {param: delta / batch for param, delta in deltas.items()}
 
     @torch.no_grad()
     def compute_updates(self, x, y) -> StepResult:
@@ -275,7 +278,7 @@ class SelfAssemblingLearning(LearningRule):
         activities. The error is the per-example one (``-∇_ŷ F`` of each example's loss)."""
         hs, output = self.upstream(x)
         loss_before, e = self.output_error(output, y)
-        hbars, _ = self.downstream(hs, e * len(y))  # undo the batch mean: per-example errors
+        hbars, _ = self.downstream(hs, e)
         h = x
         for l, block in enumerate(self.model.blocks, start=1):
             h = block(h)

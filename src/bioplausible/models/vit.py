@@ -29,6 +29,10 @@ class PatchEmbedding(nn.Module):
     """Non-overlapping patches -> linear embedding (a conv with kernel = stride = patch) ->
     prepend the class token -> add a learned position embedding. Output ``[B, 1 + N, dim]``."""
 
+    # Its class token does not depend on the input, so a local loss read from it (SLL's "cls"
+    # pooling) would train nothing: layer-wise rules put it in the first transformer block's unit.
+    joins_next_unit = True
+
     def __init__(self, in_channels: int, image_size: tuple[int, int], patch_size: int, dim: int):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
