@@ -30,8 +30,9 @@ Learning rates: the optimizer's ``lr`` is ``η_W``; ``η_W̄, η_V, η_V̄`` are
 schedule scales all four together and the paper's "fixed ratios, tuned overall factor" is one
 ``lr``. The updates are written as ``θ.grad = -Δθ / η_θ`` (any torch optimizer applies them);
 the decay ``γ`` is applied after the step, decoupled, as ``θ ← (1 - η_W γ) θ`` on every plastic
-matrix: uniform across the four, as in the paper, and under SGD exactly the formulas above
-with the spec's ``γ`` equal to ``η_W γ`` here (``decay`` is per unit learning rate, like KP's).
+matrix: uniform across the four, as in the paper, and under SGD the formulas above to first
+order (the decay also shrinks this step's change by the factor 1 - η_W γ), with the spec's ``γ``
+equal to ``η_W γ`` here (``decay`` is per unit learning rate, like KP's).
 """
 
 from __future__ import annotations
