@@ -8,8 +8,9 @@ ResNet-32 K=16, Fashion-MNIST (1-channel stem), from the CPU presets ``configs/m
 
 ``--width``, ``--epochs`` and ``--limit`` (training batches per epoch) shrink the run; the table
 states what was run. Each run has its directory in ``runs/mlaan-accuracy``; ``--resume`` continues
-a table that was cut off (a CPU table takes hours) from the runs' checkpoints. ``--jobs N`` trains N runs at once (``compare.train_all``); their seconds are
-then not speed figures, and the table says so. The paper's CIFAR-10 numbers (test error, ResNet-32 K=16: BP 6.37, DGL 14.08,
+a table that was cut off (a CPU table takes hours) from the runs' checkpoints. ``--jobs N`` trains
+N runs at once (``compare.train_all``); their seconds are then not speed figures, and the table
+says so. The paper's CIFAR-10 numbers (test error, ResNet-32 K=16: BP 6.37, DGL 14.08,
 DGL* 6.36, InfoPro 12.93, InfoPro* 6.37; ablation MLM 8.46, LAM 7.64) are printed beside ours for
 orientation only: a different dataset and a far shorter schedule.
 Writes ``benchmarks/results/mlaan-accuracy-<date>.{json,md}``.

@@ -60,16 +60,16 @@ class Interrupt(Exception):
     pass
 
 
+def kill_after_first_epoch(trainer, metrics):
+    if metrics["epoch"] == 1:
+        raise Interrupt
+
+
 @pytest.mark.parametrize("algo", ["kp", "wm", "sll"])
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, algo):
     """(SLL: its masks on R come from per-layer streams, which the checkpoint must restore.)"""
     values = dict(algo=algo, epochs=3, optimizer="sgd", lr=0.05, schedule="cosine", augment=["crop"], crop_padding=1)
     full = train(quick(tmp_path, "full", **values))
-
-    def kill_after_first_epoch(trainer, metrics):
-        if metrics["epoch"] == 1:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         train(quick(tmp_path, "cut", **values), callbacks=[kill_after_first_epoch])
     assert len(read_metrics(tmp_path / "cut")) == 1
@@ -83,10 +83,6 @@ def test_train_or_resume_continues_a_cut_run_and_reads_back_a_finished_one(tmp_p
     result, also where only how it executes changed, and a finished run is not trained again."""
     values = dict(algo="fa", epochs=3, optimizer="sgd", lr=0.05, schedule="cosine")
     full = train(quick(tmp_path, "full", **values))
-
-    def kill_after_first_epoch(trainer, metrics):
-        raise Interrupt
-
     with pytest.raises(Interrupt):
         train(quick(tmp_path, "cut", **values), callbacks=[kill_after_first_epoch])
     config = TrainConfig.from_dict(quick(tmp_path, "cut", **values, progress=True, data_dir=str(tmp_path)))

@@ -78,15 +78,15 @@ def train_all(configs: list[TrainConfig], jobs: int = 1, resume: bool = False) -
             key = (config.dataset, config.data_dir, config.val_split, config.seed)
             if key not in cache:  # the same data for every rule; loaded once per seed
                 cache[key] = load_dataset(*key)
-            yield _report((train_or_resume if resume else train)(config, data=cache[key]))
+            yield _train_and_report(config, resume, cache[key])
         return
     # spawn, not fork: a forked child of a process that touched CUDA cannot use it.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(_train_and_report, configs, [resume] * len(configs))
 
 
-def _train_and_report(config: TrainConfig, resume: bool) -> RunResult:
-    return _report((train_or_resume if resume else train)(config))
+def _train_and_report(config: TrainConfig, resume: bool, data=None) -> RunResult:
+    return _report((train_or_resume if resume else train)(config, data=data))
 
 
 def _report(result: RunResult) -> RunResult:
