@@ -70,6 +70,34 @@ def test_theta_update_is_equation_9(loss):
     assert not hasattr(linears[0], "feedback")  # the first layer sends no error: no Θ_0
 
 
+def test_conv_theta_update_pairs_each_output_error_with_the_input_error_under_its_kernel():
+    """Eq. (9) for a convolution, by hand: ΔΘ = -(1/B) Σ_{b,p} g[b,:,p] unfold(ξ)[b,:,p]ᵀ, the
+    error g at output position p paired with the apical errors ξ in that position's receptive
+    field (the pairing the authors' code gets wrong). g and ξ are read off the backward pass by
+    tensor hooks on each convolution's output and input."""
+    model = small_cnn()
+    dll = create_algorithm("dll", model, loss="mse")
+    convs = [layer for layer in dll.layers if isinstance(layer, torch.nn.Conv2d)]
+    assert convs
+    errors = {}
+
+    def keep_errors(layer, args, output):  # gradients of the summed loss: -ξ at the input, -g at the output
+        args[0].register_hook(lambda grad: errors.__setitem__((layer, "xi"), -grad))
+        output.register_hook(lambda grad: errors.__setitem__((layer, "g"), -grad))
+
+    hooks = [layer.register_forward_hook(keep_errors) for layer in convs]
+    x, y = batch(model)
+    dll.compute_updates(x, y)
+    for hook in hooks:
+        hook.remove()
+    for layer in convs:
+        g, xi = errors[layer, "g"], errors[layer, "xi"]
+        patches = F.unfold(xi, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+        delta_theta = -torch.einsum("bop,bkp->ok", g.flatten(2), patches) / len(y)
+        torch.testing.assert_close(layer.feedback.grad, -delta_theta.view_as(layer.feedback), rtol=0, atol=1e-14)
+        assert delta_theta.abs().max() > 1e-6  # the check is not of zeros
+
+
 @pytest.mark.parametrize("build", [small_mlp, small_cnn], ids=["mlp", "cnn"])
 def test_settling_with_unit_rate_reaches_closed_form_after_depth_steps(build):
     reference = build()
@@ -170,6 +198,26 @@ def test_epoch_diagnostics_are_the_angles_to_theta_and_to_bps_gradient(build, ti
             assert diagnostics[f"angle_theta_W/{i}"] > 45
     if not tied:  # the first layer's error came through every Θ: far from BP's
         assert diagnostics["angle_update_grad/0"] > 10
+
+
+def test_diagnostics_of_a_truncated_settle_compare_with_bps_gradient():
+    """With settle_steps = 1 and η_x = 0.5 from rest, tied Θ: the top layer's update is BP's, the
+    next one down gets half of BP's error, the one below none yet. The reference stays BP's
+    gradient (an independent BP rule), not the truncated settle of tied Θ."""
+    reference = small_mlp()
+    bp = create_algorithm("bp", copy.deepcopy(reference), loss="mse")
+    dll = create_algorithm("dll", copy.deepcopy(reference), loss="mse", settle_steps=1, eta_x=0.5)
+    tie_theta_to_weights(dll)
+    x, y = batch(reference)
+    diagnostics = dll.epoch_diagnostics(x, y)
+    assert dll.hp.settle_steps == 1
+    bp.compute_updates(x, y)
+    bp_grads = [layer.weight.grad for _, layer in trainable_layers(bp.model)]
+    assert [diagnostics[f"update_norm_ratio/{i}"] for i in range(3)] == pytest.approx([0.0, 0.5, 1.0], abs=1e-12)
+    dll.compute_updates(x, y)
+    for i, (_, layer) in enumerate(list(trainable_layers(dll.model))[1:], start=1):
+        assert diagnostics[f"angle_update_grad/{i}"] == pytest.approx(helpers.angle_degrees(layer.weight.grad, bp_grads[i]), abs=1e-3)
+        assert diagnostics[f"angle_update_grad/{i}"] < 1e-3
 
 
 def test_trainer_logs_dll_diagnostics_every_epoch(tmp_path):

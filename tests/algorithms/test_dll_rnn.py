@@ -171,3 +171,23 @@ def test_diagnostics_are_zero_with_tied_theta():
     assert set(diagnostics) == angles | ratios
     assert max(diagnostics[k] for k in angles) < 1e-3
     assert all(diagnostics[k] == pytest.approx(1.0, abs=1e-5) for k in ratios)
+
+
+def test_diagnostics_of_a_truncated_settle_compare_with_bptts_gradient():
+    """settle_steps = 1: the reference stays BPTT's gradient (an independent BP rule), so W_h's
+    ratio is the truncated update's norm over BPTT's, not 1."""
+    reference = small_rnn()
+    rule = create_algorithm("dll", copy.deepcopy(reference), settle_steps=1, eta_x=0.5)
+    bp = create_algorithm("bp", copy.deepcopy(reference), loss=rule.hp.loss)
+    tie(rule)
+    x, y = sequence_batch()
+    diagnostics = rule.epoch_diagnostics(x, y)
+    assert rule.recurrent.settle_steps == 1
+    rule.compute_updates(x, y)
+    bp.compute_updates(x, y)
+    for i, name in enumerate(["W_y", "W_h"]):
+        update = getattr(rule.model.cell, name).weight.grad
+        grad = getattr(bp.model.cell, name).weight.grad
+        assert diagnostics[f"update_norm_ratio/{i}"] == pytest.approx((update.norm() / grad.norm()).item(), rel=1e-9)
+    assert diagnostics["update_norm_ratio/0"] == pytest.approx(1.0, abs=1e-9)
+    assert diagnostics["update_norm_ratio/1"] < 0.9

@@ -128,10 +128,12 @@ class DendriticLocalizedLearning(LearningRule):
         DLL's ΔW_i on ``(x, y)`` and BP's -∇W_i on the same batch, and ``update_norm_ratio/i`` =
         ‖ΔW_i‖ / ‖∇W_i‖; per layer with a Θ (all but the first, which sends no error down):
         ``angle_theta_W/i`` and ``theta_norm_ratio/i`` = ‖Θ_i‖ / ‖W_i‖. Angles in degrees; with Θ
-        tied to W the angles are 0 and the update ratios 1. The norms show whether the errors that
-        reach the lower layers shrink as Θ learns (eq. 9 descends on ½‖ξ_i‖², whose trivial minimum
-        is Θ_i = 0). For the RNN the layers are W_y and W_h. BP's gradient is DLL's own update with
-        every Θ tied to its W (the oracle of tests/algorithms/test_dll.py). Parameters, buffers,
+        tied to W, settled to the closed form, the angles are 0 and the update ratios 1. The norms
+        show whether the errors that reach the lower layers shrink as Θ learns (eq. 9 descends on
+        ½‖ξ_i‖², whose trivial minimum is Θ_i = 0). For the RNN the layers are W_y and W_h. BP's
+        gradient is DLL's closed-form update (7) with every Θ tied to its W (the oracle of
+        tests/algorithms/test_dll.py); with ``settle_steps > 0`` the rule's own update uses the
+        truncated settling, so the ratios show what the truncation loses. Parameters, buffers,
         gradients and optimizer states are left as they were."""
         weights = self.forward_weights()
         updated = weights if self.recurrent is not None else [layer.weight for _, layer in trainable_layers(self.model)]
@@ -146,13 +148,16 @@ class DendriticLocalizedLearning(LearningRule):
             self.compute_updates(x, y)
             return [-w.grad.detach().clone() for w in updated]
 
+        settle_steps = self.hp.settle_steps
         try:
             dll = weight_updates()
             with torch.no_grad():
                 for theta, w in zip(self.thetas, weights):
                     theta.copy_(w)
+            self.set_settle_steps(0)  # a truncated settle of tied Θ is not BP's gradient
             bp = weight_updates()
         finally:
+            self.set_settle_steps(settle_steps)
             with torch.no_grad():
                 for theta, kept in zip(self.thetas, kept_thetas):
                     theta.copy_(kept)
@@ -168,6 +173,11 @@ class DendriticLocalizedLearning(LearningRule):
             out[f"angle_theta_W/{i}"] = angle_degrees(theta, w)
             out[f"theta_norm_ratio/{i}"] = (theta.norm() / w.detach().norm()).item()
         return out
+
+    def set_settle_steps(self, steps: int) -> None:
+        self.hp.settle_steps = steps
+        if self.recurrent is not None:
+            self.recurrent.settle_steps = steps
 
     def settled_updates(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         """Eq. (6): the apical compartments start at rest and relax for ``settle_steps``
