@@ -61,26 +61,27 @@ def assert_steps_reduce_every_unit_loss(rule, x, y, steps: int = 20, lr: float =
     assert (after < before).all(), (before, after)
 
 
-def assert_schedule_equals_summed_backward(rule, x, y, streams=None):
-    """The per-unit schedule (:meth:`train_step`) leaves exactly the gradients of one backward of
-    the summed unit losses on every trainable tensor. Both draw from the units' own random
-    streams, from the same start: the same dropout masks and negative labels (``streams(x, y)``,
-    if given, builds unit 0's input in unit 0's stream, as FF's train_unit does). Returns the
-    step's result."""
-    rule.configure_optimizers(sgd0)
-    start = copy.deepcopy(rule.unit_rng_states)
+def assert_schedule_equals_summed_backward(rule, x, y, streams: bool = False):
+    """The per-unit schedule (:meth:`train_step`) leaves on every trainable tensor exactly the
+    gradients of one backward of the summed unit losses of the rule as it was before the step.
+    The step moves the weights (SGD, lr 0.1), so a schedule that fed unit i+1 from unit i after
+    unit i's step, or recomputed anything after it, fails. Both draw from the units' own random
+    streams, from the same start: the same dropout masks and negative labels (with ``streams``,
+    unit 0's input is ``rule.streams(x, y)`` built in unit 0's stream, as FF's train_unit does).
+    Returns the step's result and a copy of the rule from before the step."""
+    rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.1))
+    before = copy.deepcopy(rule)
     result = rule.train_step(x, y)
     separate = {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
-    rule.zero_grad(set_to_none=True)
-    rule.unit_rng_states = start
-    with rule.unit_rng(0):
-        h = None if streams is None else streams(x, y)
-    sum(unit_losses(rule, x, y, h, own_streams=True)).backward()
-    together = {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
+    assert not all(torch.equal(p, q) for p, q in zip(rule.parameters(), before.parameters())), "the step moved nothing"
+    with before.unit_rng(0):
+        h = before.streams(x, y) if streams else None
+    sum(unit_losses(before, x, y, h, own_streams=True)).backward()
+    together = {n: p.grad.clone() for n, p in before.named_parameters() if p.grad is not None}
     assert separate.keys() == together.keys() == {n for n, p in rule.named_parameters() if p.requires_grad}
     for n in separate:
         assert torch.equal(separate[n], together[n]), n
-    return result
+    return result, before
 
 
 def assert_unit_passes_on_no_graph(rule, x, y) -> None:

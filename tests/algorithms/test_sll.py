@@ -1,7 +1,7 @@
-"""SLL (ALGORITHMS.md, section SLL), grouped by oracle: locality (separate per-layer backwards
-equal one backward of the sum; no gradient crosses a layer), the Bhattacharyya term against a
-hand computation, the fixed random projections, memory flat in depth (autograd-saved bytes),
-and learning on digits and real MNIST."""
+"""SLL (ALGORITHMS.md, section SLL), grouped by oracle: locality (no gradient crosses a layer;
+the per-layer schedule applies each layer's own gradient, taken before any layer steps), the
+Bhattacharyya term against a hand computation, the fixed random projections, memory flat in
+depth (autograd-saved bytes), and learning on digits and real MNIST."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from bioplausible.errors import ConfigError
 from bioplausible.models import create_model
 from bioplausible.training.memory import SavedBytes
 from helpers import batch, small_cnn, small_mlp
+from layerwise_checks import assert_schedule_equals_summed_backward
 
 
 def small_vit(seed: int = 0):
@@ -62,24 +63,6 @@ def test_vit_units_hold_block_size_transformer_blocks_with_the_embedding_in_the_
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_separate_backwards_equal_one_backward_of_the_sum(case):
-    build, hp = CASES[case]
-    rule = create_algorithm("sll", build(), **hp)
-    x, y = batch(rule.model)
-    start = copy.deepcopy(rule.unit_rng_states)  # the same dropout masks on R in both passes
-    for loss in rule.local_losses(x, y):
-        loss.backward()
-    separate = grads(rule)
-    rule.model.zero_grad(set_to_none=True)
-    rule.unit_rng_states = start
-    sum(rule.local_losses(x, y)).backward()
-    together = grads(rule)
-    assert separate.keys() == together.keys() == {n for n, p in rule.model.named_parameters()}
-    for n in separate:
-        assert torch.equal(separate[n], together[n]), n
-
-
-@pytest.mark.parametrize("case", CASES)
 def test_a_layer_loss_has_zero_gradient_for_every_other_layer(case):
     build, hp = CASES[case]
     rule = create_algorithm("sll", build(), **hp)
@@ -117,20 +100,13 @@ def test_c1_probe_error_at_a_layer_ignores_the_weights_above():
     assert torch.equal(error_at_first_hidden_layer(False), error_at_first_hidden_layer(True))
 
 
-def test_train_step_applies_the_gradients_of_the_summed_local_losses():
+@pytest.mark.parametrize("case", CASES)
+def test_train_step_applies_the_gradients_of_the_summed_local_losses(case):
     """Layer i steps before layer i+1 runs, yet on h_i computed before that step, so the update
     of every layer is exactly the gradient of its own local loss."""
-    rule = create_algorithm("sll", small_mlp())
-    rule.configure_optimizers(lambda groups: torch.optim.SGD(groups, lr=0.0))
-    x, y = batch(rule.model)
-    start = copy.deepcopy(rule.unit_rng_states)  # the same masks: both draw from each layer's stream
-    rule.train_step(x, y)
-    stepped = grads(rule)
-    rule.model.zero_grad(set_to_none=True)
-    rule.unit_rng_states = start
-    sum(rule.local_losses(x, y)).backward()
-    for n, g in grads(rule).items():
-        assert torch.allclose(stepped[n], g, rtol=1e-12, atol=1e-14), n
+    build, hp = CASES[case]
+    rule = create_algorithm("sll", build(), **hp)
+    assert_schedule_equals_summed_backward(rule, *batch(rule.model))
 
 
 def test_the_first_layer_has_no_bc_term_and_local_loss_only_drops_all():
@@ -253,6 +229,29 @@ def test_streams_differ_between_layers_and_runs_and_repeat_with_the_seed():
     assert torch.equal(first_mask(0, 0), first_mask(0, 0))
     assert not torch.equal(first_mask(0, 0), first_mask(0, 1))
     assert not torch.equal(first_mask(0, 0), first_mask(1, 0))
+
+
+def test_streams_are_keyed_by_device_type_so_a_resume_on_another_gpu_continues_them():
+    """A pipeline stage on cuda:1 saves its streams; resumed in one process on cuda:0 they must
+    continue, not restart (a restart would repeat epoch 1's masks on R)."""
+    def rule_with_one_draw():
+        rule = create_algorithm("sll", small_mlp(), keep_prob=0.5)
+        with rule.unit_rng(0):
+            rule.projections[0].mask()
+        return rule
+
+    uninterrupted, resumed = rule_with_one_draw(), create_algorithm("sll", small_mlp(), keep_prob=0.5)
+    saved = uninterrupted.random_streams()
+    assert set(saved[0]) == {"cpu"}
+    cuda_state = torch.Generator().manual_seed(5).get_state()  # the bytes a GPU stage would have saved
+    resumed.load_random_streams({i: {**states, "cuda:1": cuda_state} for i, states in saved.items()})
+    assert set(resumed.unit_rng_states[0]) == {"cpu", "cuda"}
+    assert torch.equal(resumed.unit_rng_states[0]["cuda"], cuda_state)
+    masks = []
+    for rule in (uninterrupted, resumed):
+        with rule.unit_rng(0):
+            masks.append(rule.projections[0].mask())
+    assert torch.equal(*masks)
 
 
 # ---------------------------------------------------------------------- memory

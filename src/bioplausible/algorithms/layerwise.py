@@ -130,15 +130,14 @@ class LayerwiseRule(LearningRule):
         states = self.unit_rng_states.setdefault(i, {})
         saved = [g.get_state() for g in generators]
         for g in generators:
-            key = str(g.device)
-            if key not in states:
-                states[key] = torch.Generator(g.device).manual_seed(self.unit_seed(i)).get_state()
-            g.set_state(states[key])
+            if g.device.type not in states:
+                states[g.device.type] = torch.Generator(g.device).manual_seed(self.unit_seed(i)).get_state()
+            g.set_state(states[g.device.type])
         try:
             yield
         finally:
             for g, state in zip(generators, saved):
-                states[str(g.device)] = g.get_state()
+                states[g.device.type] = g.get_state()
                 g.set_state(state)
 
     def random_streams(self) -> dict:
@@ -146,7 +145,10 @@ class LayerwiseRule(LearningRule):
         return {i: dict(states) for i, states in self.unit_rng_states.items()}
 
     def load_random_streams(self, streams: dict) -> None:
-        self.unit_rng_states = {i: {key: t.cpu() for key, t in states.items()} for i, states in streams.items()}
+        # Keyed by device type, so a stream saved on cuda:1 (a pipeline stage, a data-parallel
+        # rank) continues on cuda:0; checkpoints from before keyed by "cuda:k".
+        self.unit_rng_states = {i: {torch.device(key).type: t.cpu() for key, t in states.items()}
+                                for i, states in streams.items()}
 
     # ------------------------------------------------------------------ the schedule
     def unit_parameter_groups(self, i: int) -> list[dict]:
