@@ -150,6 +150,9 @@ def assert_bitwise_a_single_process(ranks, run_dir: Path, single, reference, wha
         for got, want in zip(rank["history"], single.history, strict=True):
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 assert got[key] == want[key], f"{what}: {key}"
+            # the memory of every stage, the largest as the run's peak
+            assert len(got["stage_peak_memory_mb"]) == WORLD and min(got["stage_peak_memory_mb"]) > 0, what
+            assert got["peak_memory_mb"] == max(got["stage_peak_memory_mb"]), what
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -171,6 +174,10 @@ def test_layer_parallel_rules_with_dropout_are_bitwise_a_single_process(results,
     ranks = results(f"lp_{algo}")
     reference = single_process(tmp_path, worker.drawing_config(algo, tmp_path, False), worker.tiny_data())
     assert_bitwise_a_single_process(ranks, results.out / f"lp_{algo}", *reference, algo)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(results.out / f"lp_{algo}" / "tensorboard")).Reload()
+    assert {"peak_memory_mb", "stage_peak_memory_mb/0", "stage_peak_memory_mb/1", "stage_share/1"} <= set(events.Tags()["scalars"])
 
 
 def test_top_down_rule_refuses_layer_parallel():

@@ -203,8 +203,9 @@ DRAWING_RULES = ("local_pred", "ff")  # besides SLL: dropout in every unit, and 
 
 
 def drawing_config(algo: str, out: Path, layer_parallel: bool) -> TrainConfig:
-    """``algo`` on lp_config's MLP with dropout, depth 2."""
-    return lp_config(out, 2, layer_parallel).replace(algo=algo, algo_args={})
+    """``algo`` on lp_config's MLP with dropout, depth 2; layer-parallel with TensorBoard logs
+    (per-stage metrics are lists)."""
+    return lp_config(out, 2, layer_parallel).replace(algo=algo, algo_args={}, tensorboard=layer_parallel)
 
 
 def dgl_config(out: Path, depth: int, layer_parallel: bool) -> TrainConfig:

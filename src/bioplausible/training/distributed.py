@@ -105,12 +105,14 @@ class DistributedContext:
     def ranks_where(self, flag: bool) -> list[int]:
         """The ranks on which ``flag`` holds, known to every rank (one all-reduce): lets every rank
         take the same decision, e.g. to stop, where only some ranks see the reason."""
-        if not self.enabled:
-            return [self.rank] if flag else []
-        flags = torch.zeros(self.world_size, device=self.device)
-        flags[self.rank] = float(flag)
-        dist.all_reduce(flags)
-        return flags.nonzero().flatten().tolist()
+        return [rank for rank, value in enumerate(self.gather_float(float(flag))) if value]
+
+    def gather_float(self, value: float) -> list[float]:
+        """Every rank's ``value``, in rank order, known to every rank (one all-reduce)."""
+        values = torch.zeros(self.world_size, device=self.device, dtype=torch.float64)
+        values[self.rank] = value
+        self.sum_(values)
+        return values.tolist()
 
     def _object_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None

@@ -241,6 +241,7 @@ class LayerPipeline:
         evals = {name: [0.0, MetricTracker(task, self.ctx.device), 0] for name, _ in splits}
         start, train_seconds = time.perf_counter(), None
         diverged = None  # (step, what): the last stage's first non-finite loss
+        trainer.reset_peak_memory()
         if self.is_first:
             trainer.train_loader.set_epoch(epoch)
             batches = iter(trainer.train_loader)
@@ -296,6 +297,7 @@ class LayerPipeline:
             train_seconds = time.perf_counter() - start if train_seconds is None else train_seconds
         self.stream.drain()
         rule.train()
+        stage_peaks = self.ctx.gather_float(trainer.peak_memory_mb())  # every stage's, not the last one's
         metrics = None
         if self.is_last and diverged is not None:
             metrics = {"diverged": diverged}
@@ -306,7 +308,8 @@ class LayerPipeline:
                 metrics.update({f"{name}_loss": total / max(count, 1), **tr.compute(name)})
             metrics.update(lr=trainer.optimizers[0].param_groups[0]["lr"], epoch_seconds=epoch_seconds,
                            samples_per_second=seen / epoch_seconds, data_fraction=0.0,
-                           peak_memory_mb=trainer.peak_memory_mb(), stage_share=self.balance()["stage_share"])
+                           peak_memory_mb=max(stage_peaks), stage_peak_memory_mb=stage_peaks,
+                           stage_share=self.balance()["stage_share"])
         metrics = self.ctx.broadcast_object(metrics, src=self.ctx.world_size - 1)
         if "diverged" in metrics:
             trainer.diverged(epoch, *metrics["diverged"])

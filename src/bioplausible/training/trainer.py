@@ -229,8 +229,7 @@ class Trainer:
         cfg = self.config
         self.rule.train()
         self.train_loader.set_epoch(epoch)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.reset_peak_memory()
         loss_sum = torch.zeros((), device=self.device)
         tracker = MetricTracker(self.data.task, self.device)
         seen, data_seconds = 0, 0.0
@@ -321,6 +320,11 @@ class Trainer:
         self.rule.train()
         return {f"{prefix}_loss": loss_sum / len(y_all), **tracker.compute(prefix)}
 
+    def reset_peak_memory(self) -> None:
+        """Start the epoch's CUDA peak (the CPU's peak resident set is the process's, never reset)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
     def peak_memory_mb(self) -> float:
         """Peak allocated CUDA memory of this epoch, or the process's peak resident set on CPU."""
         if self.device.type == "cuda":
@@ -341,7 +345,10 @@ class Trainer:
             f.write(json.dumps(metrics) + "\n")
         if self.writer is not None:
             for key, value in metrics.items():
-                if key != "epoch":
+                if isinstance(value, list):  # one value per pipeline stage
+                    for stage, v in enumerate(value):
+                        self.writer.add_scalar(f"{key}/{stage}", v, metrics["epoch"])
+                elif key != "epoch":
                     self.writer.add_scalar(key, value, metrics["epoch"])
         if self.config.progress:
             val = f"  {headline(metrics, 'val')}" if self.data.val is not None else ""
