@@ -5,7 +5,6 @@ depth (autograd-saved bytes), and learning on digits and real MNIST."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
