@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from bioplausible.errors import ConfigError
+from bioplausible.training.pipeline import balanced_partition
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -155,10 +156,26 @@ def assert_bitwise_a_single_process(ranks, run_dir: Path, single, reference, wha
             assert got["peak_memory_mb"] == max(got["stage_peak_memory_mb"]), what
 
 
+def test_stages_minimise_the_largest_stage_cost():
+    """The partition against all contiguous cuts (brute force), on random unit costs."""
+    import itertools
+
+    g = torch.Generator().manual_seed(0)
+    for n, parts in [(4, 2), (7, 3), (9, 4), (5, 5)]:
+        costs = torch.rand(n, generator=g).tolist()
+        bounds = balanced_partition(costs, parts)
+        assert [a for a, _ in bounds] == [0] + [b for _, b in bounds[:-1]] and bounds[-1][1] == n
+        assert all(a < b for a, b in bounds)
+        best = min(max(sum(costs[a:b]) for a, b in zip((0, *cuts), (*cuts, n)))
+                   for cuts in itertools.combinations(range(1, n), parts - 1))
+        assert max(sum(costs[a:b]) for a, b in bounds) == pytest.approx(best, rel=1e-12)
+
+
 @pytest.mark.parametrize("depth", [1, 2])
 def test_layer_parallel_sll_is_bitwise_a_single_process(results, single_process_sll, depth):
     ranks = results(f"lp_depth{depth}")
-    assert ranks[0]["summary"]["distributed"]["stages"] == [(0, 2), (2, 4)]
+    info = ranks[0]["summary"]["distributed"]  # 4 units cut where their measured costs balance
+    assert info["stages"] == balanced_partition(info["unit_seconds"], WORLD) and len(info["unit_seconds"]) == 4
     assert_bitwise_a_single_process(ranks, results.out / f"lp{depth}", *single_process_sll, f"sll, depth {depth}")
 
 
