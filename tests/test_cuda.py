@@ -80,6 +80,27 @@ def test_cuda_steps_equal_cpu_steps_unless_the_step_is_random(algo, model_name, 
     assert moved, f"{algo}: two steps changed no parameter"
 
 
+def test_a_units_cuda_stream_saved_on_another_gpu_continues():
+    """Layer-local rules key a unit's streams by device type: a stream saved by a stage on cuda:1
+    continues on this GPU instead of restarting (which would repeat epoch 1's masks)."""
+    def sll():
+        torch.manual_seed(0)
+        return create_algorithm("sll", create_model("mlp", (1, 8, 8), 6, hidden=[32, 32]), keep_prob=0.5).to("cuda")
+
+    saved, resumed = sll(), sll()
+    with saved.unit_rng(0):
+        torch.rand(3, device="cuda")
+    streams = saved.random_streams()
+    assert set(streams[0]) == {"cpu", "cuda"}
+    resumed.load_random_streams({i: {("cuda:1" if k == "cuda" else k): v for k, v in states.items()}
+                                 for i, states in streams.items()})
+    draws = []
+    for rule in (saved, resumed):
+        with rule.unit_rng(0):
+            draws.append(torch.rand(5, device="cuda"))
+    assert torch.equal(*draws)
+
+
 @pytest.mark.parametrize("algo", MLP_RULES)
 def test_every_rule_learns_digits_on_cuda(algo, tmp_path):
     """The CPU learning test of tests/test_learning.py, with its recipes and bars, on the GPU."""

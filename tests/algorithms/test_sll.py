@@ -30,10 +30,6 @@ def sgd(groups):
     return torch.optim.SGD(groups, lr=0.1)
 
 
-def grads(rule) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in rule.model.named_parameters() if p.grad is not None}
-
-
 def unit_of(rule) -> dict[str, int]:
     """Which SLL layer owns each model parameter."""
     owner = {id(p): i for i, unit in enumerate(rule.units) for b in unit for p in b.parameters()}

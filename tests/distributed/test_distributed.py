@@ -156,6 +156,11 @@ def assert_bitwise_a_single_process(ranks, run_dir: Path, single, reference, wha
             assert got["peak_memory_mb"] == max(got["stage_peak_memory_mb"]), what
 
 
+def test_every_rank_learns_every_ranks_value(results):
+    for rank in results("gather"):
+        assert rank["values"] == [0.5, 1.5] and rank["ranks"] == [1]
+
+
 def test_stages_minimise_the_largest_stage_cost():
     """The partition against all contiguous cuts (brute force), on random unit costs."""
     import itertools

@@ -288,6 +288,7 @@ def main() -> None:
     ctx = setup("cpu", num_threads=1)
     scenarios = {f"dp_{name}": (lambda n=name: data_parallel(ctx, n)) for name in ALGORITHMS.names()}
     scenarios["replicas"] = lambda: replicas(ctx)
+    scenarios["gather"] = lambda: {"values": ctx.gather_float(ctx.rank + 0.5), "ranks": ctx.ranks_where(ctx.rank == 1)}
     for d in (1, 2):
         scenarios[f"lp_depth{d}"] = lambda d=d: layer_parallel(lp_config(out / f"lp{d}", d, True), tiny_data())
         scenarios[f"lp_dgl_depth{d}"] = lambda d=d: layer_parallel(dgl_config(out / f"lp_dgl{d}", d, True),

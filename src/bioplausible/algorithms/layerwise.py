@@ -78,7 +78,7 @@ class LayerwiseRule(LearningRule):
         # The run's seed: torch's seed when the rule first draws (the trainer seeds torch with
         # config.seed; a test's torch.manual_seed before the first step still sets the draws).
         self.rng_seed: int | None = None
-        # Unit -> generator device ("cpu", "cuda:0") -> that generator's state in the unit's stream;
+        # Unit -> generator device type ("cpu", "cuda") -> that generator's state in the unit's stream;
         # created on first use, saved in checkpoints by the trainer.
         self.unit_rng_states: dict[int, dict[str, torch.Tensor]] = {}
 
