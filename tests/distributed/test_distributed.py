@@ -23,6 +23,7 @@ gloo abort at teardown cannot hide or fake a result. Oracles:
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import socket
@@ -163,8 +164,6 @@ def test_every_rank_learns_every_ranks_value(results):
 
 def test_stages_minimise_the_largest_stage_cost():
     """The partition against all contiguous cuts (brute force), on random unit costs."""
-    import itertools
-
     g = torch.Generator().manual_seed(0)
     for n, parts in [(4, 2), (7, 3), (9, 4), (5, 5)]:
         costs = torch.rand(n, generator=g).tolist()

@@ -146,7 +146,8 @@ class LayerwiseRule(LearningRule):
 
     def load_random_streams(self, streams: dict) -> None:
         # Keyed by device type, so a stream saved on cuda:1 (a pipeline stage, a data-parallel
-        # rank) continues on cuda:0; checkpoints from before keyed by "cuda:k".
+        # rank) continues on cuda:0; torch.device(key).type also reads the "cuda:k" keys of
+        # checkpoints written before streams were keyed this way.
         self.unit_rng_states = {i: {torch.device(key).type: t.cpu() for key, t in states.items()}
                                 for i, states in streams.items()}
 
